@@ -1,0 +1,142 @@
+import type { CallOutcome, SimCall } from '#tdx-sim';
+
+/** A symbolic handle (an fd or mapping id an earlier step produced), resolved at run time. */
+export interface HandleRef {
+  ref: string;
+}
+
+/** A call argument: a literal number or a handle. */
+export type Arg = number | HandleRef;
+
+type WithRefs<T> = {
+  [K in keyof T]: K extends 'vm' | 'vcpu' | 'fd' | 'gmem' | 'map' ? Arg : T[K];
+};
+
+/** A {@link SimCall} whose fd and mapping arguments may name handles. */
+export type CallTemplate = SimCall extends infer C
+  ? C extends SimCall
+    ? WithRefs<C>
+    : never
+  : never;
+
+/** One call of a step, and the handle its result (fd or mapping id) is bound to. */
+export interface PlannedCall {
+  call: CallTemplate;
+  bind?: string;
+}
+
+/**
+ * Which sequence a step belongs to. Steps of one track run in order; the `boot` track may run
+ * beside the `teardown` track once the plan's handoff step is done (the new VM's process starts
+ * while the kernel still tears the old one down).
+ */
+export type Track = 'teardown' | 'boot';
+
+/** The steps a plan is made of. */
+export type StepName =
+  | 'create-vm'
+  | 'init-vm'
+  | 'create-vcpus'
+  | 'create-guest-memfd'
+  | 'map-guest-memfd'
+  | 'create-memslots'
+  | 'init-vcpus'
+  | 'init-mem-region'
+  | 'finalize'
+  | 'run'
+  | 'stop-vcpus'
+  | 'terminate-vm'
+  | 'delete-memslots'
+  | 'close-vcpus'
+  | 'close-vm'
+  | 'link-guest-memfd'
+  | 'unmap-old-guest-memfd'
+  | 'close-guest-memfd'
+  | 'close-old-guest-memfd';
+
+/** One step: calls applied together, all or nothing, on one track. */
+export interface PlanStep {
+  name: StepName;
+  track: Track;
+  calls: PlannedCall[];
+}
+
+/** What the plan does. */
+export type Intent =
+  | { action: 'boot' }
+  | { action: 'reboot'; strategy: RebootStrategy }
+  | { action: 'terminate'; strategy: TerminateStrategy };
+
+/** How to reboot: mainline close-and-recreate, terminate first, or keep the guest memory. */
+export type RebootStrategy = 'cold' | 'terminate' | 'reuse';
+/** How to shut a VM down for good. */
+export type TerminateStrategy = 'close' | 'terminate';
+
+/** Every reboot strategy. */
+export const REBOOT_STRATEGIES: readonly RebootStrategy[] = ['cold', 'terminate', 'reuse'];
+/** Every terminate strategy. */
+export const TERMINATE_STRATEGIES: readonly TerminateStrategy[] = ['close', 'terminate'];
+
+/** An ordered plan: plain data, so a worker can store its position and resume it. */
+export interface Plan {
+  intent: Intent;
+  steps: PlanStep[];
+  /**
+   * Index of the teardown step after which the boot track may start; null when the plan has
+   * only one track or the boot track must wait for the whole teardown.
+   */
+  handoff: number | null;
+  /** Handles the plan starts from (the running VM's fds for a reboot or terminate). */
+  initialBindings: Bindings;
+}
+
+/** Handle name to fd or mapping id. */
+export type Bindings = Record<string, number>;
+
+/** Thrown when a step names a handle no earlier step bound: a bug in a plan, never user input. */
+export class UnboundHandleError extends Error {
+  constructor(readonly handle: string) {
+    super(`plan refers to handle ${handle} before any step bound it`);
+    this.name = 'UnboundHandleError';
+  }
+}
+
+function resolveArg(arg: Arg, bindings: Bindings): number {
+  if (typeof arg === 'number') return arg;
+  const value = bindings[arg.ref];
+  if (value === undefined) throw new UnboundHandleError(arg.ref);
+  return value;
+}
+
+/** The concrete calls of a step, with its handles replaced by the bound numbers. */
+export function resolveStep(step: PlanStep, bindings: Bindings): SimCall[] {
+  return step.calls.map(({ call }) => {
+    const resolved: Record<string, unknown> = { ...call };
+    for (const key of ['vm', 'vcpu', 'fd', 'gmem', 'map'] as const) {
+      const arg = (call as Partial<Record<typeof key, Arg>>)[key];
+      if (arg !== undefined) resolved[key] = resolveArg(arg, bindings);
+    }
+    return resolved as SimCall;
+  });
+}
+
+/** Bindings after a step succeeded: each `bind` gets the fd or mapping id its call returned. */
+export function bindResults(
+  step: PlanStep,
+  outcomes: readonly CallOutcome[],
+  bindings: Bindings,
+): Bindings {
+  const next = { ...bindings };
+  step.calls.forEach((planned, index) => {
+    const outcome = outcomes[index];
+    if (planned.bind === undefined || outcome?.ok !== true) return;
+    const value = outcome.value.fd ?? outcome.value.map;
+    if (value !== undefined) next[planned.bind] = value;
+  });
+  return next;
+}
+
+/** Shorthand for a handle argument. */
+export function ref(name: string): HandleRef {
+  return { ref: name };
+}

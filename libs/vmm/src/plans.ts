@@ -1,0 +1,435 @@
+import { GIB_BYTES, type KernelFeatures } from '#tdx-sim';
+import {
+  type Bindings,
+  type Intent,
+  type Plan,
+  type PlanStep,
+  type PlannedCall,
+  type RebootStrategy,
+  type TerminateStrategy,
+  type Track,
+  ref,
+} from './plan.js';
+
+/** The size of a VM, and how much of its memory a boot touches. */
+export interface VmShape {
+  vcpus: number;
+  /** Guest private memory in bytes (a multiple of 2 MiB). */
+  memoryBytes: number;
+  /** Firmware image added and measured before finalize; default 4 MiB. */
+  initialRegionBytes?: number;
+  /** Memory the guest faults in once running; default all of it. */
+  faultInBytes?: number;
+}
+
+/** One guest_memfd of a running VM: its fd, its userspace mapping and the slot it backs. */
+export interface GuestMemfdHandle {
+  fd: number;
+  map: number | null;
+  slot: number;
+  gpa: number;
+  bytes: number;
+  offset: number;
+}
+
+/** The fds of a running VM, as a VMM holds them. */
+export interface VmHandles {
+  vm: number;
+  vcpus: number[];
+  guestMemfds: GuestMemfdHandle[];
+}
+
+/** The kernel features a plan can need. */
+export type KernelFeatureName = 'KVM_TDX_TERMINATE_VM' | 'KVM_LINK_GUEST_MEMFD';
+
+/** Why a plan was refused before any step ran. */
+export type PlanRefusal =
+  | {
+      code: 'KERNEL_FEATURE_MISSING';
+      feature: KernelFeatureName;
+      /** The host kernel switch that would provide it. */
+      switch: 'terminateVm' | 'linkGuestMemfd';
+      message: string;
+    }
+  | { code: 'INVALID_VM_SHAPE'; message: string };
+
+/** A plan, or the reason there is none. */
+export type PlanResult = { ok: true; plan: Plan } | { ok: false; refusal: PlanRefusal };
+
+const TWO_MIB = 2 * 1024 * 1024;
+const DEFAULT_INITIAL_REGION_BYTES = 4 * 1024 * 1024;
+
+/** The kernel features `intent` needs, or the refusal naming the first one missing. */
+export function kernelRefusal(intent: Intent, kernel: KernelFeatures): PlanRefusal | null {
+  const needsTerminate =
+    (intent.action === 'reboot' && intent.strategy !== 'cold') ||
+    (intent.action === 'terminate' && intent.strategy === 'terminate');
+  if (needsTerminate && kernel.terminateVm === 'none') {
+    return {
+      code: 'KERNEL_FEATURE_MISSING',
+      feature: 'KVM_TDX_TERMINATE_VM',
+      switch: 'terminateVm',
+      message: `${describe(intent)} needs KVM_TDX_TERMINATE_VM, which this host's kernel does not have (terminateVm: none)`,
+    };
+  }
+  if (intent.action === 'reboot' && intent.strategy === 'reuse' && !kernel.linkGuestMemfd) {
+    return {
+      code: 'KERNEL_FEATURE_MISSING',
+      feature: 'KVM_LINK_GUEST_MEMFD',
+      switch: 'linkGuestMemfd',
+      message: `${describe(intent)} needs KVM_LINK_GUEST_MEMFD to give the old guest_memfds to the new VM, which this host's kernel does not have (linkGuestMemfd: false)`,
+    };
+  }
+  return null;
+}
+
+function describe(intent: Intent): string {
+  return intent.action === 'boot' ? 'boot' : `${intent.action} with strategy ${intent.strategy}`;
+}
+
+/** Checks a VM shape; returns the problem or null. */
+export function shapeProblem(shape: VmShape): string | null {
+  if (!Number.isSafeInteger(shape.vcpus) || shape.vcpus < 1)
+    return 'vcpus must be a positive integer';
+  if (
+    !Number.isSafeInteger(shape.memoryBytes) ||
+    shape.memoryBytes <= 0 ||
+    shape.memoryBytes % TWO_MIB !== 0
+  ) {
+    return 'memory must be a positive multiple of 2 MiB';
+  }
+  const initial = shape.initialRegionBytes ?? DEFAULT_INITIAL_REGION_BYTES;
+  if (initial % TWO_MIB !== 0 || initial <= 0 || initial > shape.memoryBytes) {
+    return 'the initial region must be a positive multiple of 2 MiB no larger than memory';
+  }
+  const faultIn = shape.faultInBytes ?? shape.memoryBytes;
+  if (faultIn % TWO_MIB !== 0 || faultIn < initial || faultIn > shape.memoryBytes) {
+    return 'faultInBytes must be a multiple of 2 MiB between the initial region and memory';
+  }
+  return null;
+}
+
+/**
+ * The plan for `intent` on a host with `kernel`, for a VM of `shape` (and, except for boot, the
+ * running VM's `handles`). Refused before any step when the kernel cannot run it.
+ */
+export function planFor(
+  intent: Intent,
+  kernel: KernelFeatures,
+  shape: VmShape,
+  handles?: VmHandles,
+): PlanResult {
+  const problem = shapeProblem(shape);
+  if (problem !== null)
+    return { ok: false, refusal: { code: 'INVALID_VM_SHAPE', message: problem } };
+  const refusal = kernelRefusal(intent, kernel);
+  if (refusal !== null) return { ok: false, refusal };
+  if (intent.action === 'boot') return { ok: true, plan: planBoot(shape) };
+  if (handles === undefined) throw new Error(`${describe(intent)} needs the running VM's handles`);
+  if (intent.action === 'reboot') {
+    return { ok: true, plan: planReboot(intent.strategy, kernel, shape, handles) };
+  }
+  return { ok: true, plan: planTerminate(intent.strategy, handles) };
+}
+
+/** Handle names of a VM's fds; the old VM of a reboot gets the `old.` prefix. */
+function names(prefix: '' | 'old.') {
+  return {
+    vm: `${prefix}vm`,
+    vcpu: (i: number) => `${prefix}vcpu.${i}`,
+    gmem: (j: number) => `${prefix}gmem.${j}`,
+    map: (j: number) => `${prefix}map.${j}`,
+  };
+}
+
+/** The memory layout of a new VM: one guest_memfd behind slot 0 at GPA 0. */
+function layout(shape: VmShape): GuestMemfdHandle[] {
+  return [{ fd: -1, map: null, slot: 0, gpa: 0, bytes: shape.memoryBytes, offset: 0 }];
+}
+
+function step(name: PlanStep['name'], track: Track, calls: PlannedCall[]): PlanStep {
+  return { name, track, calls };
+}
+
+/** Boot steps from KVM_CREATE_VM to a running guest with its memory faulted in. */
+function bootSteps(shape: VmShape, linked: boolean): PlanStep[] {
+  const n = names('');
+  const old = names('old.');
+  const memfds = layout(shape);
+  const vcpuIndexes = Array.from({ length: shape.vcpus }, (_, i) => i);
+  const initial = shape.initialRegionBytes ?? DEFAULT_INITIAL_REGION_BYTES;
+  const faultIn = shape.faultInBytes ?? shape.memoryBytes;
+
+  const steps: PlanStep[] = [
+    step('create-vm', 'boot', [{ call: { op: 'KVM_CREATE_VM' }, bind: n.vm }]),
+  ];
+  const memorySteps: PlanStep[] = [];
+  if (linked) {
+    // The seed's flow, steps 4 to 7: link the old inodes, drop the old files (the old VM is
+    // destroyed), map the new views.
+    memorySteps.push(
+      step(
+        'link-guest-memfd',
+        'boot',
+        memfds.map((_, j) => ({
+          call: { op: 'KVM_LINK_GUEST_MEMFD', vm: ref(n.vm), gmem: ref(old.gmem(j)) },
+          bind: n.gmem(j),
+        })),
+      ),
+      step(
+        'unmap-old-guest-memfd',
+        'boot',
+        memfds.map((_, j) => ({ call: { op: 'munmap', map: ref(old.map(j)) } })),
+      ),
+      step(
+        'close-old-guest-memfd',
+        'boot',
+        memfds.map((_, j) => ({ call: { op: 'close', fd: ref(old.gmem(j)) } })),
+      ),
+    );
+  } else {
+    memorySteps.push(
+      step(
+        'create-guest-memfd',
+        'boot',
+        memfds.map((m, j) => ({
+          call: { op: 'KVM_CREATE_GUEST_MEMFD', vm: ref(n.vm), bytes: m.bytes },
+          bind: n.gmem(j),
+        })),
+      ),
+    );
+  }
+  memorySteps.push(
+    step(
+      'map-guest-memfd',
+      'boot',
+      memfds.map((_, j) => ({ call: { op: 'mmap', fd: ref(n.gmem(j)) }, bind: n.map(j) })),
+    ),
+    step(
+      'create-memslots',
+      'boot',
+      memfds.map((m, j) => ({
+        call: {
+          op: 'KVM_SET_USER_MEMORY_REGION2',
+          vm: ref(n.vm),
+          slot: m.slot,
+          gpa: m.gpa,
+          bytes: m.bytes,
+          gmem: ref(n.gmem(j)),
+          gmemOffset: m.offset,
+        },
+      })),
+    ),
+  );
+  const tdSteps: PlanStep[] = [
+    step('init-vm', 'boot', [{ call: { op: 'KVM_TDX_INIT_VM', vm: ref(n.vm) } }]),
+    step(
+      'create-vcpus',
+      'boot',
+      vcpuIndexes.map((i) => ({ call: { op: 'KVM_CREATE_VCPU', vm: ref(n.vm) }, bind: n.vcpu(i) })),
+    ),
+  ];
+  // A fresh boot initialises the TD before its memory (the usual VMM order); a reuse boot
+  // first takes over the old memory, then initialises the TD on it.
+  steps.push(...(linked ? [...memorySteps, ...tdSteps] : [...tdSteps, ...memorySteps]));
+  steps.push(
+    step(
+      'init-vcpus',
+      'boot',
+      vcpuIndexes.map((i) => ({ call: { op: 'KVM_TDX_INIT_VCPU', vcpu: ref(n.vcpu(i)) } })),
+    ),
+    step('init-mem-region', 'boot', [
+      { call: { op: 'KVM_TDX_INIT_MEM_REGION', vcpu: ref(n.vcpu(0)), gpa: 0, bytes: initial } },
+    ]),
+    step('finalize', 'boot', [{ call: { op: 'KVM_TDX_FINALIZE_VM', vm: ref(n.vm) } }]),
+    step(
+      'run',
+      'boot',
+      vcpuIndexes.map((i) =>
+        i === 0 && faultIn > initial
+          ? {
+              call: {
+                op: 'KVM_RUN',
+                vcpu: ref(n.vcpu(i)),
+                faultIn: { gpa: initial, bytes: faultIn - initial },
+              },
+            }
+          : { call: { op: 'KVM_RUN', vcpu: ref(n.vcpu(i)) } },
+      ),
+    ),
+  );
+  return steps;
+}
+
+/** Bindings of a running VM's fds under the `old.` names. */
+function oldBindings(handles: VmHandles): Bindings {
+  const old = names('old.');
+  const bindings: Bindings = { [old.vm]: handles.vm };
+  handles.vcpus.forEach((fd, i) => (bindings[old.vcpu(i)] = fd));
+  handles.guestMemfds.forEach((m, j) => {
+    bindings[old.gmem(j)] = m.fd;
+    if (m.map !== null) bindings[old.map(j)] = m.map;
+  });
+  return bindings;
+}
+
+function stopVcpus(handles: VmHandles): PlanStep {
+  const old = names('old.');
+  return step(
+    'stop-vcpus',
+    'teardown',
+    handles.vcpus.map((_, i) => ({ call: { op: 'vcpu_exit', vcpu: ref(old.vcpu(i)) } })),
+  );
+}
+
+function terminateStep(): PlanStep {
+  return step('terminate-vm', 'teardown', [
+    { call: { op: 'KVM_TDX_TERMINATE_VM', vm: ref('old.vm') } },
+  ]);
+}
+
+/** Closing every fd of the running VM, vCPUs first, VM fd last; `withMemory` includes the guest_memfds. */
+function closeSteps(handles: VmHandles, withMemory: boolean): PlanStep[] {
+  const old = names('old.');
+  const steps = [
+    step(
+      'close-vcpus',
+      'teardown',
+      handles.vcpus.map((_, i) => ({ call: { op: 'close', fd: ref(old.vcpu(i)) } })),
+    ),
+  ];
+  if (withMemory) {
+    const mapped = handles.guestMemfds.flatMap((m, j) => (m.map === null ? [] : [j]));
+    if (mapped.length > 0) {
+      steps.push(
+        step(
+          'unmap-old-guest-memfd',
+          'teardown',
+          mapped.map((j) => ({ call: { op: 'munmap', map: ref(old.map(j)) } })),
+        ),
+      );
+    }
+    steps.push(
+      step(
+        'close-guest-memfd',
+        'teardown',
+        handles.guestMemfds.map((_, j) => ({ call: { op: 'close', fd: ref(old.gmem(j)) } })),
+      ),
+    );
+  }
+  steps.push(step('close-vm', 'teardown', [{ call: { op: 'close', fd: ref(old.vm) } }]));
+  return steps;
+}
+
+/** The plan that boots a new VM of `shape`. */
+export function planBoot(shape: VmShape): Plan {
+  return {
+    intent: { action: 'boot' },
+    steps: bootSteps(shape, false),
+    handoff: null,
+    initialBindings: {},
+  };
+}
+
+/**
+ * A reboot plan. `cold`: the old VM's fds are closed while it is still RUNNABLE (every page by
+ * Dynamic Page Removal) as the new VM boots beside it, needing its own HKID and memory.
+ * `terminate`: `KVM_TDX_TERMINATE_VM` first, then the same. `reuse`: the seed's eight steps;
+ * the new VM boots on the old guest_memfd inodes and no guest page goes back to the host.
+ */
+export function planReboot(
+  strategy: RebootStrategy,
+  kernel: KernelFeatures,
+  shape: VmShape,
+  handles: VmHandles,
+): Plan {
+  const intent: Intent = { action: 'reboot', strategy };
+  const initialBindings = oldBindings(handles);
+  switch (strategy) {
+    case 'cold': {
+      const teardown = [stopVcpus(handles), ...closeSteps(handles, true)];
+      return {
+        intent,
+        steps: [...teardown, ...bootSteps(shape, false)],
+        handoff: 0,
+        initialBindings,
+      };
+    }
+    case 'terminate': {
+      const teardown = [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)];
+      return {
+        intent,
+        steps: [...teardown, ...bootSteps(shape, false)],
+        handoff: 1,
+        initialBindings,
+      };
+    }
+    case 'reuse': {
+      const teardown = [stopVcpus(handles), terminateStep()];
+      if (kernel.terminateVm === 'aug2025') {
+        // The August 2025 semantics allow memslot deletion on the dead VM: the old mappings are
+        // reclaimed here, at the TEARDOWN rate, before the new VM exists.
+        teardown.push(
+          step(
+            'delete-memslots',
+            'teardown',
+            handles.guestMemfds.map((m) => ({
+              call: {
+                op: 'KVM_SET_USER_MEMORY_REGION2',
+                vm: ref('old.vm'),
+                slot: m.slot,
+                gpa: m.gpa,
+                bytes: 0,
+              },
+            })),
+          ),
+        );
+      }
+      teardown.push(...closeSteps(handles, false));
+      return {
+        intent,
+        steps: [...teardown, ...bootSteps(shape, true)],
+        handoff: null,
+        initialBindings,
+      };
+    }
+  }
+}
+
+/** A plan that shuts the VM down for good: `close` (mainline) or `terminate` first. */
+export function planTerminate(strategy: TerminateStrategy, handles: VmHandles): Plan {
+  const steps =
+    strategy === 'close'
+      ? [stopVcpus(handles), ...closeSteps(handles, true)]
+      : [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)];
+  return {
+    intent: { action: 'terminate', strategy },
+    steps,
+    handoff: null,
+    initialBindings: oldBindings(handles),
+  };
+}
+
+/** The running VM's handles once a boot or reboot plan has completed. */
+export function handlesAfter(shape: VmShape, bindings: Bindings): VmHandles {
+  const n = names('');
+  const get = (name: string): number => {
+    const value = bindings[name];
+    if (value === undefined) throw new Error(`plan finished without binding ${name}`);
+    return value;
+  };
+  return {
+    vm: get(n.vm),
+    vcpus: Array.from({ length: shape.vcpus }, (_, i) => get(n.vcpu(i))),
+    guestMemfds: layout(shape).map((m, j) => ({
+      ...m,
+      fd: get(n.gmem(j)),
+      map: bindings[n.map(j)] ?? null,
+    })),
+  };
+}
+
+/** GiB to bytes, for shapes given in GiB. */
+export function shapeOfGiB(vcpus: number, memoryGiB: number): VmShape {
+  return { vcpus, memoryBytes: Math.round(memoryGiB * GIB_BYTES) };
+}
