@@ -7,6 +7,7 @@ import { startRedisServer } from '#redis';
 export interface TestRedis {
   readonly url: string;
   readonly port: number;
+  readonly pid: number;
   /** Stops the server and removes its directory. */
   stop(): Promise<void>;
 }
@@ -19,6 +20,7 @@ export async function startTestRedis(): Promise<TestRedis> {
     return {
       url: server.url,
       port: server.port,
+      pid: server.pid,
       stop: async () => {
         await server.stop();
         await rm(dir, { recursive: true, force: true });

@@ -10,6 +10,7 @@ export { type RedisLog, silentRedisLog } from './redis-log.js';
 export { RedisModule } from './redis.module.js';
 export {
   DEFAULT_REDIS_SERVER_BINARY,
+  isAlive,
   isExecutableAvailable,
   type RedisServerHandle,
   type RedisServerOptions,
