@@ -126,10 +126,43 @@ export function planFor(
   if (refusal !== null) return { ok: false, refusal };
   if (intent.action === 'boot') return { ok: true, plan: planBoot(shape) };
   if (handles === undefined) throw new Error(`${describe(intent)} needs the running VM's handles`);
+  if (intent.action === 'reboot' && intent.strategy === 'reuse') {
+    const mismatch = reuseLayoutProblem(shape, handles);
+    if (mismatch !== null) {
+      return { ok: false, refusal: { code: 'INVALID_VM_SHAPE', message: mismatch } };
+    }
+  }
   if (intent.action === 'reboot') {
     return { ok: true, plan: planReboot(intent.strategy, kernel, shape, handles) };
   }
   return { ok: true, plan: planTerminate(intent.strategy, handles) };
+}
+
+/**
+ * Reuse links every old guest_memfd into the new VM and binds it exactly where it was: the new
+ * VM's memory layout must be the old one's, or the run would fail after the old VM is gone (more
+ * memory), strand part of the old memory (less), or leak the guest_memfds it does not link.
+ * Handles with no guest_memfd describe no layout (a caller asking only whether the kernel
+ * allows the strategy) and are not checked.
+ */
+function reuseLayoutProblem(shape: VmShape, handles: VmHandles): string | null {
+  if (handles.guestMemfds.length === 0) return null;
+  const wanted = layout(shape);
+  const same =
+    wanted.length === handles.guestMemfds.length &&
+    wanted.every((m, j) => {
+      const o = handles.guestMemfds[j];
+      return (
+        o !== undefined &&
+        o.slot === m.slot &&
+        o.gpa === m.gpa &&
+        o.bytes === m.bytes &&
+        o.offset === m.offset
+      );
+    });
+  if (same) return null;
+  const oldBytes = handles.guestMemfds.reduce((sum, m) => sum + m.bytes, 0);
+  return `reboot with strategy reuse keeps the old guest memory: the new VM needs the old VM's memory layout (${handles.guestMemfds.length} guest_memfd(s), ${oldBytes} bytes), got ${shape.memoryBytes} bytes in one`;
 }
 
 /** Handle names of a VM's fds; the old VM of a reboot gets the `old.` prefix. */
@@ -151,8 +184,11 @@ function step(name: PlanStep['name'], track: Track, calls: PlannedCall[]): PlanS
   return { name, track, calls };
 }
 
-/** Boot steps from KVM_CREATE_VM to a running guest with its memory faulted in. */
-function bootSteps(shape: VmShape, linked: boolean): PlanStep[] {
+/**
+ * Boot steps from KVM_CREATE_VM to a running guest with its memory faulted in. `linked` is the
+ * old VM's handles when the new VM takes over its guest_memfds.
+ */
+function bootSteps(shape: VmShape, linked: VmHandles | null): PlanStep[] {
   const n = names('');
   const old = names('old.');
   const memfds = layout(shape);
@@ -164,7 +200,7 @@ function bootSteps(shape: VmShape, linked: boolean): PlanStep[] {
     step('create-vm', 'boot', [{ call: { op: 'KVM_CREATE_VM' }, bind: n.vm }]),
   ];
   const memorySteps: PlanStep[] = [];
-  if (linked) {
+  if (linked !== null) {
     // The seed's flow, steps 4 to 7: link the old inodes, drop the old files (the old VM is
     // destroyed), map the new views.
     memorySteps.push(
@@ -176,11 +212,19 @@ function bootSteps(shape: VmShape, linked: boolean): PlanStep[] {
           bind: n.gmem(j),
         })),
       ),
-      step(
-        'unmap-old-guest-memfd',
-        'boot',
-        memfds.map((_, j) => ({ call: { op: 'munmap', map: ref(old.map(j)) } })),
-      ),
+    );
+    // Only the old guest_memfds the VMM had mapped have a mapping to drop.
+    const mapped = linked.guestMemfds.flatMap((m, j) => (m.map === null ? [] : [j]));
+    if (mapped.length > 0) {
+      memorySteps.push(
+        step(
+          'unmap-old-guest-memfd',
+          'boot',
+          mapped.map((j) => ({ call: { op: 'munmap', map: ref(old.map(j)) } })),
+        ),
+      );
+    }
+    memorySteps.push(
       step(
         'close-old-guest-memfd',
         'boot',
@@ -231,7 +275,7 @@ function bootSteps(shape: VmShape, linked: boolean): PlanStep[] {
   ];
   // A fresh boot initialises the TD before its memory (the usual VMM order); a reuse boot
   // first takes over the old memory, then initialises the TD on it.
-  steps.push(...(linked ? [...memorySteps, ...tdSteps] : [...tdSteps, ...memorySteps]));
+  steps.push(...(linked !== null ? [...memorySteps, ...tdSteps] : [...tdSteps, ...memorySteps]));
   steps.push(
     step(
       'init-vcpus',
@@ -325,7 +369,7 @@ function closeSteps(handles: VmHandles, withMemory: boolean): PlanStep[] {
 export function planBoot(shape: VmShape): Plan {
   return {
     intent: { action: 'boot' },
-    steps: bootSteps(shape, false),
+    steps: bootSteps(shape, null),
     handoff: null,
     initialBindings: {},
   };
@@ -350,7 +394,7 @@ export function planReboot(
       const teardown = [stopVcpus(handles), ...closeSteps(handles, true)];
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, false)],
+        steps: [...teardown, ...bootSteps(shape, null)],
         handoff: 0,
         initialBindings,
       };
@@ -359,7 +403,7 @@ export function planReboot(
       const teardown = [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)];
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, false)],
+        steps: [...teardown, ...bootSteps(shape, null)],
         handoff: 1,
         initialBindings,
       };
@@ -388,7 +432,7 @@ export function planReboot(
       teardown.push(...closeSteps(handles, false));
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, true)],
+        steps: [...teardown, ...bootSteps(shape, handles)],
         handoff: null,
         initialBindings,
       };
