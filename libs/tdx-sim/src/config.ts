@@ -109,6 +109,13 @@ export function validateHostConfig(config: HostConfig): void {
       throw new InvalidHostConfigError('hkidCgroupLimit must be a non-negative integer or null');
     }
   }
+  for (const key of Object.keys(config.kernel)) {
+    if (!(key in MAINLINE_KERNEL)) {
+      throw new InvalidHostConfigError(
+        `kernel.${key} is not a kernel switch (terminateVm, linkGuestMemfd, privatePageSize)`,
+      );
+    }
+  }
   if (!['none', 'v4', 'aug2025'].includes(config.kernel.terminateVm)) {
     throw new InvalidHostConfigError('kernel.terminateVm must be none, v4 or aug2025');
   }
@@ -122,6 +129,9 @@ export function validateHostConfig(config: HostConfig): void {
     throw new InvalidHostConfigError('costModel must be calibrated or mechanistic');
   }
   for (const [name, value] of Object.entries(config.costParams)) {
+    if (!(name in DEFAULT_COST_PARAMS)) {
+      throw new InvalidHostConfigError(`costParams.${name} is not a cost parameter`);
+    }
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
       throw new InvalidHostConfigError(`costParams.${name} must be a non-negative number`);
     }

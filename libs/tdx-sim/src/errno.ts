@@ -26,7 +26,7 @@ export class SimErrnoError extends Error {
     readonly errno: Errno,
     message: string,
   ) {
-    super(`${errno}: ${message}`);
+    super(message);
     this.name = 'SimErrnoError';
   }
 }

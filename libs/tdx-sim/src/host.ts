@@ -32,6 +32,7 @@ import type {
   HostState,
   InodeState,
   MemslotState,
+  MmapState,
   VcpuState,
   VmState,
 } from './state.js';
@@ -88,7 +89,19 @@ export interface BatchResult {
  * unchanged, with the outcomes up to and including the refusal.
  */
 export function applyCalls(state: HostState, calls: readonly SimCall[]): BatchResult {
-  const draft = cloneHost(state);
+  return runBatch(state, calls, false);
+}
+
+/**
+ * {@link applyCalls} for a caller that owns `state` and no longer needs the state before: the
+ * calls change it in place (no copies), and a refusal restores it exactly. Returns `state`.
+ */
+export function applyCallsInPlace(state: HostState, calls: readonly SimCall[]): BatchResult {
+  return runBatch(state, calls, true);
+}
+
+function runBatch(state: HostState, calls: readonly SimCall[], inPlace: boolean): BatchResult {
+  const draft = new Draft(state, inPlace);
   const outcomes: CallOutcome[] = [];
   for (const [index, call] of calls.entries()) {
     const tx = new Transaction(draft);
@@ -97,11 +110,49 @@ export function applyCalls(state: HostState, calls: readonly SimCall[]): BatchRe
       outcomes.push({ ok: true, value, seconds: tx.seconds, effects: tx.finish() });
     } catch (error) {
       if (!(error instanceof SimErrnoError)) throw error;
+      draft.rollback();
       outcomes.push({ ok: false, errno: error.errno, message: error.message, seconds: 0 });
       return { state, outcomes, failedAt: index };
     }
   }
-  return { state: draft, outcomes, failedAt: null };
+  return { state: draft.host, outcomes, failedAt: null };
+}
+
+/** A deep copy of a host state, written out by hand (faster than a generic clone). */
+export function cloneHost(state: HostState): HostState {
+  const ranges = (r: Ranges): Ranges => r.map(([start, end]) => [start, end]);
+  const vms: Record<string, VmState> = {};
+  for (const [id, vm] of Object.entries(state.vms)) {
+    const memslots: Record<string, MemslotState> = {};
+    for (const [slot, m] of Object.entries(vm.memslots)) {
+      memslots[slot] = {
+        ...m,
+        binding: m.binding && { ...m.binding },
+        added: ranges(m.added),
+        accepted: ranges(m.accepted),
+      };
+    }
+    vms[id] = { ...vm, vcpus: vm.vcpus.map((v) => ({ ...v })), memslots };
+  }
+  const files: Record<string, FileState> = {};
+  for (const [fd, file] of Object.entries(state.files)) files[fd] = { ...file };
+  const inodes: Record<string, InodeState> = {};
+  for (const [id, inode] of Object.entries(state.inodes)) {
+    inodes[id] = { ...inode, allocated: ranges(inode.allocated) };
+  }
+  const mmaps: Record<string, MmapState> = {};
+  for (const [id, map] of Object.entries(state.mmaps)) mmaps[id] = { ...map };
+  return {
+    ...state,
+    freeHkids: [...state.freeHkids],
+    packagesOnline: [...state.packagesOnline],
+    vms,
+    files,
+    inodes,
+    mmaps,
+    inFlight: state.inFlight.map((r) => ({ ...r, hkids: [...r.hkids] })),
+    next: { ...state.next },
+  };
 }
 
 /**
@@ -127,71 +178,198 @@ export function settleAll(state: HostState): HostState {
   return result;
 }
 
-/** A deep copy, written out by hand: this is on every call's path. */
-function cloneHost(state: HostState): HostState {
-  const vms: Record<string, VmState> = {};
-  for (const [id, vm] of Object.entries(state.vms)) {
-    const memslots: Record<string, MemslotState> = {};
-    for (const [slot, m] of Object.entries(vm.memslots)) {
-      memslots[slot] = {
-        ...m,
-        binding: m.binding && { ...m.binding },
-        added: cloneRanges(m.added),
-        accepted: cloneRanges(m.accepted),
-      };
-    }
-    vms[id] = { ...vm, vcpus: vm.vcpus.map((v) => ({ ...v })), memslots };
-  }
-  const files: Record<string, FileState> = {};
-  for (const [fd, file] of Object.entries(state.files)) files[fd] = { ...file };
-  const inodes: Record<string, InodeState> = {};
-  for (const [id, inode] of Object.entries(state.inodes)) {
-    inodes[id] = { ...inode, allocated: cloneRanges(inode.allocated) };
-  }
-  const mmaps: Record<string, { id: number; fd: number }> = {};
-  for (const [id, map] of Object.entries(state.mmaps)) mmaps[id] = { ...map };
-  return {
-    ...state,
-    freeHkids: [...state.freeHkids],
-    packagesOnline: [...state.packagesOnline],
-    vms,
-    files,
-    inodes,
-    mmaps,
-    inFlight: state.inFlight.map((r) => ({ ...r, hkids: [...r.hkids] })),
-    next: { ...state.next },
-  };
-}
-
-function cloneRanges(ranges: Ranges): Ranges {
-  return ranges.map(([s, e]) => [s, e]);
-}
-
 type GmemFile = Extract<FileState, { kind: 'gmem' }>;
+
+/** The effects of every call that touched neither memory nor HKIDs (shared, never changed). */
+const NO_EFFECTS: CallEffects = Object.freeze({
+  ...noEffects(),
+  destroyedVms: Object.freeze([]) as unknown as number[],
+  reclaims: Object.freeze([]) as unknown as CallEffects['reclaims'],
+});
+
+type Table = 'vms' | 'files' | 'inodes' | 'mmaps';
+type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight';
+
+/**
+ * The host a batch of calls works on, in one of two modes. Copy-on-write (the pure API): the
+ * input is shared and each object is copied the first time the batch changes it. In place (a
+ * runner that owns its state): objects are changed where they are, and a journal restores them
+ * if a call is refused. Either way a call costs the same whatever the size of the rest of the
+ * host.
+ */
+class Draft {
+  readonly host: HostState;
+  readonly cost: CostContext;
+  /** Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. */
+  private readonly owned = new WeakSet<object>();
+  private readonly journal: Array<() => void> | null;
+
+  constructor(base: HostState, inPlace: boolean) {
+    if (inPlace) {
+      this.host = base;
+      const top = { ...base };
+      const next = { ...base.next };
+      this.journal = [
+        () => {
+          Object.assign(base, top);
+          Object.assign(base.next, next);
+        },
+      ];
+    } else {
+      this.host = { ...base, next: { ...base.next } };
+      this.journal = null;
+    }
+    this.cost = {
+      model: base.config.costModel,
+      params: base.config.costParams,
+      pageSize: base.config.kernel.privatePageSize,
+    };
+  }
+
+  /** Undoes everything the batch did (in place only; a copy-on-write draft is just dropped). */
+  rollback(): void {
+    if (this.journal === null) return;
+    for (let i = this.journal.length - 1; i >= 0; i -= 1) this.journal[i]?.();
+  }
+
+  /** Adds, replaces (`value`) or deletes (`undefined`) one entry of a table. */
+  put<T extends Table>(table: T, key: number, value: HostState[T][string] | undefined): void {
+    let record = this.host[table] as Record<string, HostState[T][string]>;
+    if (this.journal === null) {
+      if (!this.owned.has(record)) {
+        record = { ...record };
+        this.owned.add(record);
+        (this.host as unknown as Record<Table, unknown>)[table] = record;
+      }
+    } else {
+      const had = key in record;
+      const old = record[key];
+      this.journal.push(() => {
+        if (had && old !== undefined) record[key] = old;
+        else delete record[key];
+      });
+    }
+    if (value === undefined) delete record[key];
+    else record[key] = value;
+  }
+
+  /** One of the host's arrays, ready to be changed. */
+  list<N extends ListName>(name: N): HostState[N] {
+    const list = this.host[name];
+    if (this.owned.has(list)) return list;
+    if (this.journal === null) {
+      const mine = [...list] as HostState[N];
+      this.owned.add(mine);
+      this.host[name] = mine;
+      return mine;
+    }
+    const saved = [...list];
+    this.journal.push(() => list.splice(0, list.length, ...(saved as never[])));
+    this.owned.add(list);
+    return list;
+  }
+
+  /** `value` ready to be changed: copied, or saved in the journal. `copy` copies one level down. */
+  private own<T extends object>(value: T, copy: (v: T) => T, place: (mine: T) => void): T {
+    if (this.owned.has(value)) return value;
+    if (this.journal === null) {
+      const mine = copy(value);
+      this.owned.add(mine);
+      place(mine);
+      return mine;
+    }
+    const saved = copy(value);
+    this.journal.push(() => {
+      for (const key of Object.keys(value))
+        if (!(key in saved)) delete (value as Record<string, unknown>)[key];
+      Object.assign(value, saved);
+    });
+    this.owned.add(value);
+    return value;
+  }
+
+  /** A VM this batch may change (with its vCPU array and memslot record). */
+  vm(id: number): VmState {
+    const current = this.host.vms[id];
+    if (current === undefined) throw new Error(`VM ${id} missing`);
+    return this.own(
+      current,
+      (vm) => ({ ...vm, vcpus: [...vm.vcpus], memslots: { ...vm.memslots } }),
+      (mine) => this.put('vms', id, mine),
+    );
+  }
+
+  /** A vCPU of a VM obtained from {@link vm}, ready to be changed. */
+  vcpu(vm: VmState, index: number): VcpuState {
+    const current = vm.vcpus[index];
+    if (current === undefined) throw new Error(`vCPU ${index} missing from VM ${vm.id}`);
+    return this.own(
+      current,
+      (v) => ({ ...v }),
+      (mine) => (vm.vcpus[index] = mine),
+    );
+  }
+
+  /** A memslot of a VM obtained from {@link vm}, ready to be changed. */
+  memslot(vm: VmState, slot: number): MemslotState {
+    const current = vm.memslots[slot];
+    if (current === undefined) throw new Error(`slot ${slot} missing from VM ${vm.id}`);
+    return this.own(
+      current,
+      (m) => ({ ...m }),
+      (mine) => (vm.memslots[slot] = mine),
+    );
+  }
+
+  inode(id: number): InodeState {
+    const current = this.host.inodes[id];
+    if (current === undefined) throw new Error(`inode ${id} missing`);
+    return this.own(
+      current,
+      (i) => ({ ...i }),
+      (mine) => this.put('inodes', id, mine),
+    );
+  }
+
+  gmemFile(file: GmemFile): GmemFile {
+    return this.own(
+      file,
+      (f) => ({ ...f }),
+      (mine) => this.put('files', file.fd, mine),
+    );
+  }
+}
 
 /** One call's work on a draft state: accumulates its virtual cost and effects. */
 class Transaction {
   seconds = 0;
-  private readonly effects: CallEffects = noEffects();
-  private freedHkids: number[] = [];
+  /** Created on the first effect: most calls have none, and this is on every call's path. */
+  private effectsDraft: CallEffects | null = null;
+  private freedHkids: number[] | null = null;
+  private readonly host: HostState;
   private readonly cost: CostContext;
 
-  constructor(private readonly host: HostState) {
-    this.cost = {
-      model: host.config.costModel,
-      params: host.config.costParams,
-      pageSize: host.config.kernel.privatePageSize,
-    };
+  constructor(private readonly draft: Draft) {
+    this.host = draft.host;
+    this.cost = draft.cost;
+  }
+
+  private get effects(): CallEffects {
+    return (this.effectsDraft ??= noEffects());
   }
 
   /** Closes the call: what it freed goes in flight as one release. */
   finish(): CallEffects {
-    if (this.effects.freedPages > 0 || this.freedHkids.length > 0) {
+    const effects = this.effectsDraft;
+    if (effects === null) return NO_EFFECTS;
+    if (effects.freedPages > 0 || this.freedHkids !== null) {
       const id = this.host.next.release++;
-      this.host.inFlight.push({ id, pages: this.effects.freedPages, hkids: this.freedHkids });
-      this.effects.release = id;
+      this.draft
+        .list('inFlight')
+        .push({ id, pages: effects.freedPages, hkids: this.freedHkids ?? [] });
+      effects.release = id;
     }
-    return this.effects;
+    return effects;
   }
 
   run(call: SimCall): CallValue {
@@ -255,10 +433,9 @@ class Transaction {
     return file;
   }
 
+  /** The VM a file refers to, ready to be changed. */
   private vmOf(file: FileState): VmState {
-    const vm = this.host.vms[file.vm];
-    if (vm === undefined) throw new Error(`fd ${file.fd} refers to a destroyed VM`);
-    return vm;
+    return this.draft.vm(file.vm);
   }
 
   private vmFd(fd: number): VmState {
@@ -271,9 +448,7 @@ class Transaction {
     const file = this.file(fd);
     ensure(file.kind === 'vcpu', 'EINVAL', `fd ${fd} is not a vCPU fd`);
     const vm = this.vmOf(file);
-    const vcpu = vm.vcpus[file.vcpu];
-    if (vcpu === undefined) throw new Error(`vCPU ${file.vcpu} missing from VM ${vm.id}`);
-    return { vm, vcpu };
+    return { vm, vcpu: this.draft.vcpu(vm, file.vcpu) };
   }
 
   private gmemFd(fd: number): GmemFile {
@@ -283,9 +458,7 @@ class Transaction {
   }
 
   private inode(id: number): InodeState {
-    const inode = this.host.inodes[id];
-    if (inode === undefined) throw new Error(`inode ${id} missing`);
-    return inode;
+    return this.draft.inode(id);
   }
 
   private alive(vm: VmState, what: string): void {
@@ -327,7 +500,7 @@ class Transaction {
 
   private createVm(): CallValue {
     const id = this.host.next.vm++;
-    this.host.vms[id] = {
+    this.draft.put('vms', id, {
       id,
       tdState: 'UNINITIALIZED',
       keyState: 'NONE',
@@ -339,9 +512,9 @@ class Transaction {
       controlPages: 0,
       septPages: 0,
       mappedPages: 0,
-    };
+    });
     const fd = this.host.next.fd++;
-    this.host.files[fd] = { fd, kind: 'vm', vm: id };
+    this.draft.put('files', fd, { fd, kind: 'vm', vm: id });
     this.seconds += this.cost.params.createVmSeconds;
     return { fd, vm: id };
   }
@@ -364,7 +537,7 @@ class Transaction {
     ensure(offline === -1, 'EIO', `package ${offline} has no online CPU to configure the key on`);
     const controlPages = 1 + this.cost.params.tdcsPages;
     this.take(controlPages, 'TDR and TDCS');
-    this.host.freeHkids.shift();
+    this.draft.list('freeHkids').shift();
     vm.hkid = hkid;
     vm.keyState = 'KEYS_CONFIGURED';
     vm.tdState = 'INITIALIZED';
@@ -384,7 +557,7 @@ class Transaction {
     vm.vcpus.push({ index, state: 'UNINITIALIZED', inIoctl: false, controlPages });
     vm.refs += 1;
     const vcpuFd = this.host.next.fd++;
-    this.host.files[vcpuFd] = { fd: vcpuFd, kind: 'vcpu', vm: vm.id, vcpu: index };
+    this.draft.put('files', vcpuFd, { fd: vcpuFd, kind: 'vcpu', vm: vm.id, vcpu: index });
     this.seconds += this.cost.params.vcpuSetupSeconds / 2;
     return { fd: vcpuFd };
   }
@@ -461,7 +634,7 @@ class Transaction {
     this.alive(vm, 'KVM_CREATE_GUEST_MEMFD');
     const pages = this.alignedPages(bytes, 'guest_memfd size');
     const inode = this.host.next.inode++;
-    this.host.inodes[inode] = { id: inode, pages, allocated: [], files: 0 };
+    this.draft.put('inodes', inode, { id: inode, pages, allocated: [], files: 0 });
     this.seconds += this.cost.params.smallCallSeconds;
     return { fd: this.openGmemFile(vm, inode), inode };
   }
@@ -485,7 +658,7 @@ class Transaction {
 
   private openGmemFile(vm: VmState, inode: number): number {
     const fd = this.host.next.fd++;
-    this.host.files[fd] = { fd, kind: 'gmem', vm: vm.id, inode, fdOpen: true, mmaps: 0 };
+    this.draft.put('files', fd, { fd, kind: 'gmem', vm: vm.id, inode, fdOpen: true, mmaps: 0 });
     this.inode(inode).files += 1;
     vm.refs += 1;
     return fd;
@@ -554,9 +727,8 @@ class Transaction {
   private deleteMemslot(fd: number, slot: number): CallValue {
     const vm = this.vmFd(fd);
     if (this.host.config.kernel.terminateVm !== 'aug2025') this.alive(vm, 'memslot delete');
-    const memslot = vm.memslots[slot];
-    ensure(memslot !== undefined, 'EINVAL', `slot ${slot} does not exist`);
-    this.zap(vm, memslot, null);
+    ensure(vm.memslots[slot] !== undefined, 'EINVAL', `slot ${slot} does not exist`);
+    this.zap(vm, this.draft.memslot(vm, slot), null);
     delete vm.memslots[slot];
     this.seconds += this.cost.params.smallCallSeconds;
     return {};
@@ -621,9 +793,10 @@ class Transaction {
       if (binding === null) continue;
       const inode = this.inode(binding.inode);
       inode.allocated = addRange(inode.allocated, inodeStart, inodeEnd);
-      const mine = unionRanges(memslot.added, memslot.accepted);
+      const slot = this.draft.memslot(vm, memslot.slot);
+      const mine = unionRanges(slot.added, slot.accepted);
       for (const [s, e] of subtractRanges([[inodeStart, inodeEnd]], mine)) {
-        memslot[as] = addRange(memslot[as], s, e);
+        slot[as] = addRange(slot[as], s, e);
       }
     }
     vm.mappedPages += newlyMapped;
@@ -679,7 +852,7 @@ class Transaction {
     const file = this.file(fd);
     switch (file.kind) {
       case 'vm':
-        delete this.host.files[fd];
+        this.draft.put('files', fd, undefined);
         this.dropRef(this.vmOf(file));
         break;
       case 'vcpu': {
@@ -687,14 +860,16 @@ class Transaction {
         // the thread leaves KVM_RUN first (model).
         const { vm, vcpu } = this.vcpuFd(fd);
         vcpu.inIoctl = false;
-        delete this.host.files[fd];
+        this.draft.put('files', fd, undefined);
         this.dropRef(vm);
         break;
       }
-      case 'gmem':
-        file.fdOpen = false;
-        if (file.mmaps === 0) this.releaseGmemFile(file);
+      case 'gmem': {
+        const gmem = this.draft.gmemFile(file);
+        gmem.fdOpen = false;
+        if (gmem.mmaps === 0) this.releaseGmemFile(gmem);
         break;
+      }
     }
     this.seconds += this.cost.params.smallCallSeconds;
     return {};
@@ -703,8 +878,8 @@ class Transaction {
   private mmap(fd: number): CallValue {
     const file = this.gmemFd(fd);
     const id = this.host.next.mmap++;
-    this.host.mmaps[id] = { id, fd };
-    file.mmaps += 1;
+    this.draft.put('mmaps', id, { id, fd });
+    this.draft.gmemFile(file).mmaps += 1;
     this.seconds += this.cost.params.smallCallSeconds;
     return { map: id };
   }
@@ -712,9 +887,10 @@ class Transaction {
   private munmap(mapId: number): CallValue {
     const map = Number.isInteger(mapId) ? this.host.mmaps[mapId] : undefined;
     ensure(map !== undefined, 'EINVAL', `no mapping ${String(mapId)}`);
-    const file = this.host.files[map.fd];
-    if (file?.kind !== 'gmem') throw new Error(`mapping ${mapId} pins a missing file`);
-    delete this.host.mmaps[mapId];
+    const pinned = this.host.files[map.fd];
+    if (pinned?.kind !== 'gmem') throw new Error(`mapping ${mapId} pins a missing file`);
+    this.draft.put('mmaps', mapId, undefined);
+    const file = this.draft.gmemFile(pinned);
     file.mmaps -= 1;
     if (!file.fdOpen && file.mmaps === 0) this.releaseGmemFile(file);
     this.seconds += this.cost.params.smallCallSeconds;
@@ -724,19 +900,20 @@ class Transaction {
   /** The last user of a guest_memfd file is gone: zap what it maps, unbind, drop the VM ref. */
   private releaseGmemFile(file: GmemFile): void {
     const vm = this.vmOf(file);
-    for (const memslot of Object.values(vm.memslots)) {
-      if (memslot.binding?.fd !== file.fd) continue;
+    for (const { slot, binding } of Object.values(vm.memslots)) {
+      if (binding?.fd !== file.fd) continue;
+      const memslot = this.draft.memslot(vm, slot);
       this.zap(vm, memslot, null);
       memslot.binding = null;
     }
-    delete this.host.files[file.fd];
+    this.draft.put('files', file.fd, undefined);
     const inode = this.inode(file.inode);
     inode.files -= 1;
     if (inode.files === 0) {
       const pages = countPages(inode.allocated);
       this.seconds += freeSeconds(this.cost.params, pages);
       this.free(pages);
-      delete this.host.inodes[inode.id];
+      this.draft.put('inodes', inode.id, undefined);
     }
     this.dropRef(vm);
   }
@@ -747,9 +924,11 @@ class Transaction {
     const count = this.alignedPages(bytes, 'len');
     const inode = this.inode(file.inode);
     ensure(start + count <= inode.pages, 'EINVAL', 'hole goes past the end of the guest_memfd');
-    for (const vm of Object.values(this.host.vms)) {
-      for (const memslot of Object.values(vm.memslots)) {
-        if (memslot.binding?.inode === inode.id) this.zap(vm, memslot, [start, start + count]);
+    for (const viewer of Object.values(this.host.vms)) {
+      for (const { slot, binding } of Object.values(viewer.memslots)) {
+        if (binding?.inode !== inode.id) continue;
+        const vm = this.draft.vm(viewer.id);
+        this.zap(vm, this.draft.memslot(vm, slot), [start, start + count]);
       }
     }
     const freed = countInside(inode.allocated, start, start + count);
@@ -776,7 +955,7 @@ class Transaction {
       this.effects.reclaims.push({ vm: vm.id, keyState: vm.keyState, pages: metadata });
       this.free(metadata);
     }
-    delete this.host.vms[vm.id];
+    this.draft.put('vms', vm.id, undefined);
     this.effects.destroyedVms.push(vm.id);
   }
 
@@ -788,7 +967,7 @@ class Transaction {
       vm.vcpus.length,
       this.host.config.packages,
     );
-    this.freedHkids.push(vm.hkid);
+    (this.freedHkids ??= []).push(vm.hkid);
     this.effects.releasedHkid = vm.hkid;
     vm.hkid = null;
     vm.keyState = 'TEARDOWN';
@@ -800,7 +979,7 @@ class Transaction {
       'EINVAL',
       `no package ${String(pkg)}`,
     );
-    this.host.packagesOnline[pkg] = online;
+    this.draft.list('packagesOnline')[pkg] = online;
     return {};
   }
 }
