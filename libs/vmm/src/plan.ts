@@ -101,39 +101,53 @@ export class UnboundHandleError extends Error {
   }
 }
 
-function resolveArg(arg: Arg, bindings: Bindings): number {
+/** Bound handles as a plan run keeps them: a record (plain data) or a map (faster lookups). */
+export type HandleTable = Bindings | ReadonlyMap<string, number>;
+
+function isMap(table: HandleTable): table is ReadonlyMap<string, number> {
+  return table instanceof Map;
+}
+
+function resolveArg(arg: Arg, bindings: HandleTable): number {
   if (typeof arg === 'number') return arg;
-  const value = bindings[arg.ref];
+  const value = isMap(bindings) ? bindings.get(arg.ref) : bindings[arg.ref];
   if (value === undefined) throw new UnboundHandleError(arg.ref);
   return value;
 }
 
 /** The concrete calls of a step, with its handles replaced by the bound numbers. */
-export function resolveStep(step: PlanStep, bindings: Bindings): SimCall[] {
+export function resolveStep(step: PlanStep, bindings: HandleTable): SimCall[] {
   return step.calls.map(({ call }) => {
-    const resolved: Record<string, unknown> = { ...call };
-    for (const key of ['vm', 'vcpu', 'fd', 'gmem', 'map'] as const) {
-      const arg = (call as Partial<Record<typeof key, Arg>>)[key];
-      if (arg !== undefined) resolved[key] = resolveArg(arg, bindings);
+    const resolved: Record<string, unknown> = {};
+    for (const key in call) {
+      const value = (call as Record<string, unknown>)[key];
+      resolved[key] =
+        typeof value === 'object' && value !== null && 'ref' in value
+          ? resolveArg(value as HandleRef, bindings)
+          : value;
     }
     return resolved as SimCall;
   });
 }
 
-/** Bindings after a step succeeded: each `bind` gets the fd or mapping id its call returned. */
-export function bindResults(
+/**
+ * Records what a successful step bound: each `bind` gets the fd or mapping id its call returned.
+ * Adds to `bindings` in place (a runner owns its bindings) and returns it.
+ */
+export function bindResults<T extends Bindings | Map<string, number>>(
   step: PlanStep,
   outcomes: readonly CallOutcome[],
-  bindings: Bindings,
-): Bindings {
-  const next = { ...bindings };
+  bindings: T,
+): T {
   step.calls.forEach((planned, index) => {
     const outcome = outcomes[index];
     if (planned.bind === undefined || outcome?.ok !== true) return;
     const value = outcome.value.fd ?? outcome.value.map;
-    if (value !== undefined) next[planned.bind] = value;
+    if (value === undefined) return;
+    if (bindings instanceof Map) bindings.set(planned.bind, value);
+    else bindings[planned.bind] = value;
   });
-  return next;
+  return bindings;
 }
 
 /** Shorthand for a handle argument. */

@@ -2,7 +2,8 @@ import {
   type CallOutcome,
   type Errno,
   type HostState,
-  applyCalls,
+  applyCallsInPlace,
+  cloneHost,
   pagesToBytes,
   settleRelease,
 } from '#tdx-sim';
@@ -89,8 +90,9 @@ interface TrackCursor {
  * what a step frees returns to the host when its virtual time has passed.
  */
 export function runPlan(initial: HostState, plan: Plan): PlanRun {
-  let state = initial;
-  let bindings: Bindings = { ...plan.initialBindings };
+  // The run works on its own copy, changed in place step by step: the caller's state is untouched.
+  let state = cloneHost(initial);
+  const bindings = new Map(Object.entries(plan.initialBindings));
   const timeline: StepRecord[] = [];
   const pending: Array<{ at: number; release: number }> = [];
   const totals = { reclaimSeconds: 0, reclaimed: 0, freed: 0, reused: 0, allocated: 0 };
@@ -134,7 +136,7 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
       hkidHeldSeconds: hasOldVm ? (hkidReleasedAt ?? end) : 0,
       totalSeconds: end,
     };
-    const run: PlanRun = { ok, state, bindings, timeline, summary };
+    const run: PlanRun = { ok, state, bindings: Object.fromEntries(bindings), timeline, summary };
     if (failure !== undefined) run.failure = failure;
     return run;
   };
@@ -157,7 +159,7 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     settleUntil(now);
 
     const calls = resolveStep(step, bindings);
-    const result = applyCalls(state, calls);
+    const result = applyCallsInPlace(state, calls);
     if (result.failedAt !== null) {
       const failed = result.outcomes[result.failedAt];
       if (failed === undefined || failed.ok)
@@ -196,7 +198,7 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     }
 
     state = result.state;
-    bindings = bindResults(step, result.outcomes, bindings);
+    bindResults(step, result.outcomes, bindings);
     const seconds = sumSeconds(result.outcomes);
     const end = now + seconds;
     for (const outcome of result.outcomes) {
