@@ -1,0 +1,251 @@
+#!/usr/bin/env node
+// The `sim` command: the simulator for people and scripts. Exit codes: 0 done, 1 a plan the
+// chosen kernel cannot run (or a failed script expectation), 2 bad arguments or input.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { CostModelName, TerminateVmSemantics } from '#tdx-sim';
+import { type PlanRun, REBOOT_STRATEGIES, type RebootStrategy } from '#vmm';
+import { ScriptError, parseScript, runScript } from './exec-script.js';
+import {
+  BootFailedError,
+  PlanRefusedError,
+  outsideCalibratedRange,
+  reclaimTable,
+  rebootOnce,
+  simulateReclaim,
+} from './experiments.js';
+import { formatExec, formatReboot, formatReclaim, formatReclaimTable } from './format.js';
+
+const USAGE = `usage: sim <command> [options]
+
+commands:
+  reclaim-table [--model calibrated|mechanistic] [--json]
+      the seed's reclaim table beside the simulation of each row
+  reclaim --vcpus N --memory-gib G [--model calibrated|mechanistic] [--json]
+      reclaim seconds of one VM size, mainline path and terminate path
+  reboot --strategy cold|terminate|reuse --vcpus N --memory-gib G
+         [--terminate-vm none|v4|aug2025] [--link-guest-memfd] [--private-page-size 4K|2M]
+         [--model calibrated|mechanistic] [--host-memory-gib G] [--hkids N] [--other-vms N] [--json]
+      boot a VM, reboot it, print the step timeline and summary
+  exec FILE [--json]
+      run a scripted sequence of calls against one simulated host (see README)`;
+
+/** Bad command-line input: one line on stderr, exit code 2. */
+class UsageError extends Error {}
+
+function main(argv: string[]): number {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'reclaim-table':
+      return reclaimTableCommand(rest);
+    case 'reclaim':
+      return reclaimCommand(rest);
+    case 'reboot':
+      return rebootCommand(rest);
+    case 'exec':
+      return execCommand(rest);
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    case undefined:
+      throw new UsageError('missing command (reclaim-table, reclaim, reboot, exec; try --help)');
+    default:
+      throw new UsageError(`unknown command "${command}" (reclaim-table, reclaim, reboot, exec)`);
+  }
+}
+
+type OptionSpec = Record<string, { type: 'string' | 'boolean' }>;
+
+function parse<const T extends OptionSpec>(args: string[], options: T, allowPositionals = false) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals });
+  } catch (error) {
+    throw new UsageError((error as Error).message.split('\n')[0] ?? 'bad arguments');
+  }
+}
+
+function oneOf<T extends string>(
+  value: string | undefined,
+  allowed: readonly T[],
+  name: string,
+  fallback: T,
+): T {
+  if (value === undefined) return fallback;
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, got "${value}"`);
+}
+
+function positiveInteger(value: string | undefined, name: string): number {
+  if (value === undefined) throw new UsageError(`--${name} is required`);
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
+  return n;
+}
+
+function optionalCount(value: string | undefined, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new UsageError(`--${name} must be a non-negative integer, got "${value}"`);
+  return n;
+}
+
+/** GiB as given on the command line: positive, a multiple of 2 MiB. */
+function gib(value: string | undefined, name: string): number {
+  if (value === undefined) throw new UsageError(`--${name} is required`);
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0 || !Number.isInteger(n * 512)) {
+    throw new UsageError(
+      `--${name} must be a positive number of GiB in steps of 2 MiB, got "${value}"`,
+    );
+  }
+  return n;
+}
+
+const MODELS: readonly CostModelName[] = ['calibrated', 'mechanistic'];
+const TERMINATE_VM: readonly TerminateVmSemantics[] = ['none', 'v4', 'aug2025'];
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`);
+}
+
+function reclaimTableCommand(args: string[]): number {
+  const { values } = parse(args, { model: { type: 'string' }, json: { type: 'boolean' } });
+  const model = oneOf(values.model, MODELS, 'model', 'calibrated');
+  const table = reclaimTable(model);
+  print(values.json === true, table, () => formatReclaimTable(table));
+  return 0;
+}
+
+function reclaimCommand(args: string[]): number {
+  const { values } = parse(args, {
+    vcpus: { type: 'string' },
+    'memory-gib': { type: 'string' },
+    model: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const vcpus = positiveInteger(values.vcpus, 'vcpus');
+  const memoryGiB = gib(values['memory-gib'], 'memory-gib');
+  const model = oneOf(values.model, MODELS, 'model', 'calibrated');
+  if (outsideCalibratedRange(vcpus, memoryGiB)) {
+    process.stderr.write(
+      `warning: ${vcpus} vCPUs / ${memoryGiB} GiB is outside the seed's table (4-64 vCPUs, 18-400 GiB); the model extrapolates\n`,
+    );
+  }
+  const result = simulateReclaim(vcpus, memoryGiB, model);
+  print(values.json === true, result, () => formatReclaim(vcpus, memoryGiB, model, result));
+  return 0;
+}
+
+function rebootCommand(args: string[]): number {
+  const { values } = parse(args, {
+    strategy: { type: 'string' },
+    vcpus: { type: 'string' },
+    'memory-gib': { type: 'string' },
+    'terminate-vm': { type: 'string' },
+    'link-guest-memfd': { type: 'boolean' },
+    'private-page-size': { type: 'string' },
+    model: { type: 'string' },
+    'host-memory-gib': { type: 'string' },
+    hkids: { type: 'string' },
+    'other-vms': { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (values.strategy === undefined)
+    throw new UsageError('--strategy is required (cold, terminate, reuse)');
+  const strategy: RebootStrategy = oneOf(values.strategy, REBOOT_STRATEGIES, 'strategy', 'cold');
+  const vcpus = positiveInteger(values.vcpus, 'vcpus');
+  const memoryGiB = gib(values['memory-gib'], 'memory-gib');
+  const kernel = {
+    terminateVm: oneOf(values['terminate-vm'], TERMINATE_VM, 'terminate-vm', 'none'),
+    linkGuestMemfd: values['link-guest-memfd'] === true,
+    privatePageSize: oneOf(
+      values['private-page-size'],
+      ['4K', '2M'] as const,
+      'private-page-size',
+      '4K',
+    ),
+  };
+  const hkids = optionalCount(values.hkids, 'hkids');
+  if (hkids === 0) throw new UsageError('--hkids must be at least 1');
+  const otherVms = optionalCount(values['other-vms'], 'other-vms') ?? 0;
+  if (otherVms >= (hkids ?? 63)) {
+    throw new UsageError(
+      `--other-vms ${otherVms} leaves no HKID for the VM to reboot (--hkids ${hkids ?? 63})`,
+    );
+  }
+  const options = {
+    strategy,
+    vcpus,
+    memoryGiB,
+    kernel,
+    model: oneOf(values.model, MODELS, 'model', 'calibrated'),
+    otherVms,
+    ...(hkids === undefined ? {} : { hkids }),
+    ...(values['host-memory-gib'] === undefined
+      ? {}
+      : { hostMemoryGiB: gib(values['host-memory-gib'], 'host-memory-gib') }),
+  };
+  let run: PlanRun;
+  try {
+    run = rebootOnce(options);
+  } catch (error) {
+    if (error instanceof PlanRefusedError) {
+      process.stderr.write(`refused: ${error.refusal.message}\n`);
+      if (values.json === true) print(true, { ok: false, refusal: error.refusal }, () => '');
+      return 1;
+    }
+    if (error instanceof BootFailedError) throw new UsageError(error.message);
+    throw error;
+  }
+  const report = {
+    strategy,
+    vcpus,
+    memoryGiB,
+    kernel,
+    ok: run.ok,
+    timeline: run.timeline,
+    summary: run.summary,
+    ...(run.failure === undefined ? {} : { failure: run.failure }),
+  };
+  print(values.json === true, report, () => formatReboot(report));
+  return run.ok ? 0 : 1;
+}
+
+function execCommand(args: string[]): number {
+  const { values, positionals } = parse(args, { json: { type: 'boolean' } }, true);
+  const [file, ...extra] = positionals;
+  if (file === undefined) throw new UsageError('exec needs a script FILE');
+  if (extra.length > 0) throw new UsageError(`exec takes one FILE, got ${positionals.length}`);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new UsageError(
+      `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`${file} is not JSON: ${(error as Error).message}`);
+  }
+  const report = runScript(parseScript(json));
+  print(values.json === true, report, () => formatExec(report));
+  return report.failedExpectations > 0 ? 1 : 0;
+}
+
+try {
+  process.exitCode = main(process.argv.slice(2));
+} catch (error) {
+  if (error instanceof UsageError || error instanceof ScriptError) {
+    process.stderr.write(`sim: ${error.message}\n`);
+    process.exitCode = 2;
+  } else {
+    throw error;
+  }
+}

@@ -1,0 +1,213 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const main = fileURLToPath(new URL('./main.js', import.meta.url));
+const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url));
+const GIB = 1024 ** 3;
+
+function sim(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [main, ...args], { encoding: 'utf8', cwd: repoRoot });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function within(actual: number, expected: number, fraction: number): boolean {
+  return Math.abs(actual - expected) <= expected * fraction;
+}
+
+describe('sim reclaim-table', () => {
+  it('prints the seed table beside the simulation, each figure within 10% (calibrated)', () => {
+    const { status, stdout } = sim('reclaim-table', '--json');
+    assert.equal(status, 0);
+    const table = JSON.parse(stdout) as {
+      model: string;
+      rows: Array<{
+        vcpus: number;
+        memoryGiB: number;
+        seed: { beforeSeconds: number; afterSeconds: number };
+        simulated: { beforeSeconds: number; afterSeconds: number };
+      }>;
+    };
+    assert.equal(table.model, 'calibrated');
+    assert.deepEqual(
+      table.rows.map((r) => [r.vcpus, r.memoryGiB, r.seed.beforeSeconds, r.seed.afterSeconds]),
+      [
+        [4, 18, 72, 24],
+        [32, 107, 517, 134],
+        [64, 400, 5539, 467],
+      ],
+    );
+    for (const row of table.rows) {
+      assert.ok(
+        within(row.simulated.beforeSeconds, row.seed.beforeSeconds, 0.1),
+        `before ${row.vcpus}`,
+      );
+      assert.ok(
+        within(row.simulated.afterSeconds, row.seed.afterSeconds, 0.1),
+        `after ${row.vcpus}`,
+      );
+    }
+  });
+
+  it('prints a readable table by default and takes the mechanistic model', () => {
+    const text = sim('reclaim-table', '--model', 'mechanistic');
+    assert.equal(text.status, 0);
+    assert.match(text.stdout, /model: mechanistic/);
+    assert.match(text.stdout, /\b5539\b/);
+  });
+});
+
+describe('sim reclaim', () => {
+  it('answers for any size and warns outside the calibrated range', () => {
+    const inside = sim('reclaim', '--vcpus', '16', '--memory-gib', '64', '--json');
+    assert.equal(inside.status, 0);
+    assert.equal(inside.stderr, '');
+    const result = JSON.parse(inside.stdout) as { beforeSeconds: number; afterSeconds: number };
+    assert.ok(result.beforeSeconds > result.afterSeconds);
+
+    const outside = sim('reclaim', '--vcpus', '128', '--memory-gib', '800', '--json');
+    assert.equal(outside.status, 0);
+    assert.match(outside.stderr, /^warning: .*outside the seed's table/);
+    assert.ok((JSON.parse(outside.stdout) as { afterSeconds: number }).afterSeconds > 0);
+  });
+});
+
+describe('sim reboot', () => {
+  it('reuse under v4 + link keeps the guest memory: nothing newly allocated', () => {
+    const { status, stdout } = sim(
+      'reboot',
+      '--strategy',
+      'reuse',
+      '--vcpus',
+      '4',
+      '--memory-gib',
+      '18',
+      '--terminate-vm',
+      'v4',
+      '--link-guest-memfd',
+      '--json',
+    );
+    assert.equal(status, 0);
+    const report = JSON.parse(stdout) as {
+      ok: boolean;
+      timeline: Array<{ name: string }>;
+      summary: { bytesAllocated: number; bytesReused: number; bytesFreed: number };
+    };
+    assert.equal(report.ok, true);
+    assert.equal(report.summary.bytesAllocated, 0);
+    assert.equal(report.summary.bytesReused, 18 * GIB);
+    assert.ok(report.summary.bytesFreed < GIB / 8, 'only metadata goes back to the host');
+    assert.ok(report.timeline.some((s) => s.name === 'link-guest-memfd'));
+  });
+
+  it('refuses reuse without the link feature: the reason on one line, exit 1', () => {
+    const { status, stderr, stdout } = sim(
+      'reboot',
+      '--strategy',
+      'reuse',
+      '--vcpus',
+      '4',
+      '--memory-gib',
+      '18',
+      '--terminate-vm',
+      'v4',
+    );
+    assert.equal(status, 1);
+    assert.equal(stdout, '');
+    assert.equal(stderr.trimEnd().split('\n').length, 1);
+    assert.match(stderr, /KVM_LINK_GUEST_MEMFD/);
+  });
+
+  it('cold reboot at full HKID capacity shows the new VM waiting for an HKID', () => {
+    const { status, stdout } = sim(
+      'reboot',
+      '--strategy',
+      'cold',
+      '--vcpus',
+      '4',
+      '--memory-gib',
+      '18',
+      '--hkids',
+      '4',
+      '--other-vms',
+      '3',
+      '--json',
+    );
+    assert.equal(status, 0);
+    const report = JSON.parse(stdout) as {
+      timeline: Array<{ name: string; waitedSeconds: number; errno?: string }>;
+    };
+    const initVm = report.timeline.find((s) => s.name === 'init-vm');
+    assert.ok(initVm !== undefined && initVm.waitedSeconds > 60, 'waits for the slow teardown');
+    assert.equal(initVm.errno, 'ENOSPC');
+  });
+
+  for (const args of [
+    [],
+    ['--strategy', 'warm', '--vcpus', '4', '--memory-gib', '18'],
+    ['--strategy', 'cold', '--vcpus', '0', '--memory-gib', '18'],
+    ['--strategy', 'cold', '--vcpus', '4', '--memory-gib', '-1'],
+    ['--strategy', 'cold', '--vcpus', '4', '--memory-gib', '18', '--terminate-vm', 'v9'],
+    ['--strategy', 'cold', '--vcpus', '4', '--memory-gib', '18', '--bogus'],
+  ]) {
+    it(`rejects bad arguments with one line and exit 2: ${args.join(' ') || '(none)'}`, () => {
+      const { status, stderr } = sim('reboot', ...args);
+      assert.equal(status, 2);
+      assert.equal(stderr.trimEnd().split('\n').length, 1);
+      assert.match(stderr, /^sim: /);
+    });
+  }
+
+  it('rejects an unknown command with exit 2', () => {
+    assert.equal(sim('frobnicate').status, 2);
+  });
+});
+
+describe('sim exec', () => {
+  it("replays the seed's reuse scenario from the examples folder", () => {
+    const { status, stdout } = sim('exec', 'examples/seed-reuse-v4-link.json', '--json');
+    assert.equal(status, 0);
+    const report = JSON.parse(stdout) as {
+      results: Array<{ call: { op: string }; ok: boolean; errno?: string }>;
+      memory: { free: number; private: number };
+      hkids: { owned: number; total: number };
+      failedExpectations: number;
+    };
+    assert.equal(report.failedExpectations, 0);
+    assert.equal(report.memory.private, 2 * GIB, 'the new VM runs on the old memory');
+    assert.deepEqual(report.hkids, { ...report.hkids, owned: 1, total: 1 });
+    const link = report.results.find((r) => r.call.op === 'KVM_LINK_GUEST_MEMFD');
+    assert.equal(link?.ok, true);
+  });
+
+  it('exits 1 when an expectation is not met, 2 on a bad script', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sim-exec-'));
+    const wrong = join(dir, 'wrong.json');
+    writeFileSync(
+      wrong,
+      JSON.stringify({
+        host: { memoryGiB: 1 },
+        calls: [
+          { op: 'KVM_CREATE_VM', as: 'vm' },
+          { op: 'KVM_TDX_TERMINATE_VM', vm: '$vm', expect: 'ok' },
+        ],
+      }),
+    );
+    const mismatch = sim('exec', wrong);
+    assert.equal(mismatch.status, 1);
+    assert.match(mismatch.stdout, /EINVAL/);
+    assert.match(mismatch.stdout, /expected ok/);
+
+    const bad = join(dir, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ calls: [{ op: 'KVM_TDX_INIT_VM' }] }));
+    const invalid = sim('exec', bad);
+    assert.equal(invalid.status, 2);
+    assert.match(invalid.stderr, /calls\[0\]: KVM_TDX_INIT_VM needs "vm"/);
+
+    assert.equal(sim('exec', join(dir, 'missing.json')).status, 2);
+  });
+});
