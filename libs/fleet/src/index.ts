@@ -1,0 +1,12 @@
+/**
+ * fleet: the fleet model shared by the apps: host documents, VMs, operations and the pure
+ * executor that moves an operation forward step by step. No I/O: the store and the workers
+ * persist and schedule what these functions return.
+ */
+export * from './errors.js';
+export * from './executor.js';
+export * from './host-document.js';
+export * from './model.js';
+export * from './operations.js';
+export * from './placement.js';
+export * from './views.js';

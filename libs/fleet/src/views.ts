@@ -1,0 +1,217 @@
+import {
+  type KernelFeatures,
+  type CostModelName,
+  GIB_BYTES,
+  hkidUsage,
+  memoryUsageBytes,
+  pagesToBytes,
+} from '#tdx-sim';
+import { settleDue } from './host-document.js';
+import type {
+  Action,
+  HostDocument,
+  JobState,
+  OperationError,
+  OperationRecord,
+  OperationResult,
+  Strategy,
+  VmLifecycle,
+  VmRecord,
+} from './model.js';
+
+/** A host as the API shows it. */
+export interface HostView {
+  id: string;
+  capacity: {
+    memoryBytes: number;
+    memoryGiB: number;
+    hkids: number;
+    packages: number;
+    cpus: number;
+    hkidCgroupLimit: number | null;
+  };
+  kernel: KernelFeatures;
+  costModel: CostModelName;
+  usage: {
+    memory: {
+      freeBytes: number;
+      privateBytes: number;
+      retainedBytes: number;
+      orphanedBytes: number;
+      controlBytes: number;
+      inFlightBytes: number;
+    };
+    hkids: { used: number; total: number; zombies: number };
+  };
+  vms: number;
+  activeJobs: number;
+  createdAt: string;
+}
+
+/** The host as it is at `nowMs`: releases whose time has passed count as returned. */
+export function hostView(doc: HostDocument, nowMs: number): HostView {
+  const current = settleDue(doc, nowMs);
+  const config = current.sim.config;
+  const memory = memoryUsageBytes(current.sim);
+  const hkids = hkidUsage(current.sim);
+  return {
+    id: current.id,
+    capacity: {
+      memoryBytes: config.memoryBytes,
+      memoryGiB: config.memoryBytes / GIB_BYTES,
+      hkids: config.hkids,
+      packages: config.packages,
+      cpus: config.cpus,
+      hkidCgroupLimit: config.hkidCgroupLimit,
+    },
+    kernel: config.kernel,
+    costModel: config.costModel,
+    usage: {
+      memory: {
+        freeBytes: memory.free,
+        privateBytes: memory.private,
+        retainedBytes: memory.retained,
+        orphanedBytes: memory.orphaned,
+        controlBytes: memory.control + memory.sept,
+        inFlightBytes: memory.inFlight,
+      },
+      hkids: { used: hkids.total - hkids.free, total: hkids.total, zombies: hkids.zombies },
+    },
+    vms: Object.values(current.vms).filter((vm) => vm.state !== 'terminated').length,
+    activeJobs: Object.keys(current.ops).length,
+    createdAt: new Date(current.createdAtMs).toISOString(),
+  };
+}
+
+/** A VM as the API shows it. */
+export interface VmView {
+  id: string;
+  hostId: string;
+  state: VmLifecycle;
+  hkid: number | null;
+  generation: number;
+  vcpus: number;
+  memoryGiB: number;
+  memoryBytes: number;
+  memslots: Array<{ slot: number; gpa: number; bytes: number; guestMemfd: string | null }>;
+  guestMemfds: Array<{
+    id: string;
+    bytes: number;
+    allocatedBytes: number;
+    firstBootGeneration: number;
+  }>;
+  activeJob: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** The VM as its host document records it. */
+export function vmView(doc: HostDocument, vm: VmRecord): VmView {
+  const vmFile = vm.handles === null ? undefined : doc.sim.files[vm.handles.vm];
+  const simVm = vmFile === undefined ? undefined : doc.sim.vms[vmFile.vm];
+  const memslots =
+    simVm === undefined
+      ? []
+      : Object.values(simVm.memslots).map((m) => ({
+          slot: m.slot,
+          gpa: pagesToBytes(m.gpaPage),
+          bytes: pagesToBytes(m.pages),
+          guestMemfd: m.binding === null ? null : `gmem-${m.binding.inode}`,
+        }));
+  return {
+    id: vm.id,
+    hostId: vm.hostId,
+    state: vm.state,
+    hkid: simVm?.hkid ?? null,
+    generation: vm.generation,
+    vcpus: vm.vcpus,
+    memoryGiB: vm.memoryBytes / GIB_BYTES,
+    memoryBytes: vm.memoryBytes,
+    memslots,
+    guestMemfds: vm.guestMemfds.map((g) => {
+      const inode = doc.sim.inodes[g.inode];
+      const allocated =
+        inode === undefined ? 0 : inode.allocated.reduce((sum, [s, e]) => sum + e - s, 0);
+      return {
+        id: g.id,
+        bytes: g.bytes,
+        allocatedBytes: pagesToBytes(allocated),
+        firstBootGeneration: g.firstBootGeneration,
+      };
+    }),
+    activeJob: vm.activeJob,
+    createdAt: new Date(vm.createdAtMs).toISOString(),
+    updatedAt: new Date(vm.updatedAtMs).toISOString(),
+  };
+}
+
+/** A job as the API shows it. */
+export interface JobView {
+  id: string;
+  vmId: string;
+  hostId: string;
+  action: Action;
+  strategy: Strategy | null;
+  state: JobState;
+  progress: { stepsDone: number; stepsTotal: number; fraction: number };
+  steps: Array<{
+    name: string;
+    track: string;
+    state: 'pending' | 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
+    virtualSeconds: number;
+    wallMs: number;
+    waitedMs: number;
+    errno?: string;
+    cleanup?: boolean;
+  }>;
+  result?: OperationResult;
+  error?: OperationError;
+  cancelRequested: boolean;
+  batchId: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+/** An operation as seen at `nowMs`: a step whose virtual time has not passed is running. */
+export function jobView(op: OperationRecord, nowMs: number): JobView {
+  const steps = op.steps.map((s) => {
+    const running =
+      s.state === 'done' && s.endsAtMs !== null && s.endsAtMs > nowMs && op.finishedAtMs === null;
+    const view: JobView['steps'][number] = {
+      name: s.name,
+      track: s.track,
+      state: running ? 'running' : s.state,
+      virtualSeconds: s.virtualSeconds,
+      wallMs: Math.round(s.wallMs),
+      waitedMs: Math.round(s.waitedMs),
+    };
+    if (s.errno !== undefined) view.errno = s.errno;
+    if (s.cleanup === true) view.cleanup = true;
+    return view;
+  });
+  const counted = steps.filter((s) => s.state !== 'skipped');
+  const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
+  const view: JobView = {
+    id: op.id,
+    vmId: op.vmId,
+    hostId: op.hostId,
+    action: op.action,
+    strategy: op.strategy,
+    state: op.state,
+    progress: {
+      stepsDone: done,
+      stepsTotal: counted.length,
+      fraction: counted.length === 0 ? (op.finishedAtMs === null ? 0 : 1) : done / counted.length,
+    },
+    steps,
+    cancelRequested: op.cancelRequested,
+    batchId: op.batchId,
+    createdAt: new Date(op.createdAtMs).toISOString(),
+    startedAt: op.startedAtMs === null ? null : new Date(op.startedAtMs).toISOString(),
+    finishedAt: op.finishedAtMs === null ? null : new Date(op.finishedAtMs).toISOString(),
+  };
+  if (op.result !== null) view.result = op.result;
+  if (op.error !== null) view.error = op.error;
+  return view;
+}
