@@ -8,6 +8,11 @@ export interface ServiceProcess {
   stderr(): string;
   /** Resolves with the exit code (or the signal name) once it exits, or rejects after `ms`. */
   exited(ms: number): Promise<number | string>;
+  /**
+   * SIGKILLs its whole process group (it leads one), so a failed test leaves no grandchild
+   * behind holding the output pipes open.
+   */
+  killGroup(): void;
 }
 
 /**
@@ -19,9 +24,19 @@ export function spawnService(
   env: Record<string, string>,
   args: readonly string[] = [],
 ): ServiceProcess {
-  const child = spawn(process.execPath, [script, ...args], {
+  return spawnCommand(process.execPath, [script, ...args], env);
+}
+
+/** Runs any command like `spawnService` does. */
+export function spawnCommand(
+  command: string,
+  args: readonly string[],
+  env: Record<string, string>,
+): ServiceProcess {
+  const child = spawn(command, args, {
     env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
   let out = '';
   let err = '';
@@ -39,6 +54,14 @@ export function spawnService(
         throw new Error(`process did not exit within ${ms} ms\n${out}\n${err}`);
       });
       return Promise.race([exit, timeout]);
+    },
+    killGroup: () => {
+      if (child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // the group is already gone
+      }
     },
   };
 }

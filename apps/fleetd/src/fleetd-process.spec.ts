@@ -47,10 +47,11 @@ describe('processes', () => {
         });
         const health = await fetch(`http://127.0.0.1:${port}/healthz`);
         assert.deepEqual(await health.json(), { status: 'ok' });
-      } finally {
         service.child.kill('SIGTERM');
+        assert.equal(await service.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, service.stderr());
+      } finally {
+        service.killGroup();
       }
-      assert.equal(await service.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, service.stderr());
       assert.ok((await pingRedis(redis.url)).ok, 'a configured Redis is left running');
       const lines = service
         .stdout()
@@ -83,12 +84,14 @@ describe('processes', () => {
       redisPid = Number((await readFile(join(redisDir, 'redis-server.pid'), 'utf8')).trim());
       assert.ok(isAlive(redisPid), 'the private redis-server runs');
       assert.ok(existsSync(join(redisDir, 'appendonlydir')), 'with its append-only file');
-    } finally {
       service.child.kill('SIGTERM');
+      assert.equal(await service.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, service.stderr());
+      assert.equal(isAlive(redisPid), false, 'the private redis-server is gone');
+    } finally {
+      service.killGroup();
+      if (redisPid !== undefined && isAlive(redisPid)) process.kill(redisPid, 'SIGKILL');
+      await dataDir.remove();
     }
-    assert.equal(await service.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, service.stderr());
-    assert.equal(isAlive(redisPid), false, 'the private redis-server is gone');
-    await dataDir.remove();
   });
 
   it('exits 1 when the shutdown outlasts SHUTDOWN_TIMEOUT_MS', async () => {
@@ -111,7 +114,7 @@ describe('processes', () => {
       assert.match(service.stdout(), /did not finish within SHUTDOWN_TIMEOUT_MS/);
     } finally {
       process.kill(redisPid, 'SIGCONT');
-      service.child.kill('SIGKILL');
+      service.killGroup();
       await frozen.stop();
     }
   });

@@ -3,14 +3,19 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { findFreePort, isAlive } from '#redis';
-import { spawnService, waitForStatus } from '../../../test/support/service-process.js';
+import {
+  spawnCommand,
+  spawnService,
+  waitForStatus,
+} from '../../../test/support/service-process.js';
 import { makeTempDir } from '../../../test/support/temp-dir.js';
 
-describe('npm start (scripts/start.mjs)', () => {
+describe('npm start', () => {
   it('builds, runs fleetd with its own redis-server, and stops both on SIGTERM', async () => {
     const dataDir = await makeTempDir('start');
     const port = await findFreePort();
-    const start = spawnService('scripts/start.mjs', {
+    // Through npm, as a user runs it: npm passes SIGTERM on to the script it runs.
+    const start = spawnCommand('npm', ['start', '--silent'], {
       PORT: String(port),
       LOCAL_REDIS_URL: `redis://127.0.0.1:${await findFreePort()}`,
       DATA_DIR: dataDir.path,
@@ -23,12 +28,14 @@ describe('npm start (scripts/start.mjs)', () => {
       const pidFile = join(dataDir.path, 'redis', 'redis-server.pid');
       redisPid = Number((await readFile(pidFile, 'utf8')).trim());
       assert.ok(isAlive(redisPid));
-    } finally {
       start.child.kill('SIGTERM');
+      assert.equal(await start.exited(15_000), 0, start.stderr());
+      assert.equal(isAlive(redisPid), false, 'the private redis-server is gone');
+    } finally {
+      start.killGroup();
+      if (redisPid !== undefined && isAlive(redisPid)) process.kill(redisPid, 'SIGKILL');
+      await dataDir.remove();
     }
-    assert.equal(await start.exited(15_000), 0, start.stderr());
-    assert.equal(isAlive(redisPid), false, 'the private redis-server is gone');
-    await dataDir.remove();
   });
 
   it('refuses an unknown process name', async () => {

@@ -70,7 +70,7 @@ export async function runService(spec: ServiceSpec): Promise<void> {
   try {
     redis = await resolveRedis(config, log);
   } catch (error) {
-    return failStart(log, error, `${spec.name}: no Redis`);
+    return failStart(log, error, `${spec.name}: could not start`);
   }
   let app: NestFastifyApplication | undefined;
   try {

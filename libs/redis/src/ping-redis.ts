@@ -16,14 +16,16 @@ export async function pingRedis(url: string, timeoutMs = 1000): Promise<PingResu
     retryStrategy: () => null,
     reconnectOnError: () => false,
   });
-  // Errors surface through the awaited calls below; without a listener ioredis would log them.
-  client.on('error', () => undefined);
+  // The socket error (ECONNREFUSED, ...) says more than the rejection ("Connection is closed").
+  let socketError: string | undefined;
+  client.on('error', (error: Error) => (socketError ??= error.message));
   try {
     await client.connect();
     await client.ping();
     return { ok: true };
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    const reason = error instanceof Error ? error.message : String(error);
+    return { ok: false, reason: socketError ?? reason };
   } finally {
     client.disconnect();
   }

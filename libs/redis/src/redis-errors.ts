@@ -12,9 +12,10 @@ export class RedisUnavailableError extends Error {
 export class RedisServerNotFoundError extends Error {
   readonly code = 'redis_server_not_found';
 
-  constructor(binary: string) {
+  constructor(binary: string, localRedisUrl?: string) {
+    const local = localRedisUrl === undefined ? 'the local default address' : localRedisUrl;
     super(
-      `No Redis is available: REDIS_URL is unset, nothing answers on the local default address, ` +
+      `No Redis is available: REDIS_URL is unset, nothing answers on ${local}, ` +
         `and "${binary}" is not on PATH to start a private one. Either install Redis ` +
         `(on Debian or Ubuntu: sudo apt-get install redis-server) or point REDIS_URL at a ` +
         `running Redis (for example REDIS_URL=redis://127.0.0.1:6379).`,

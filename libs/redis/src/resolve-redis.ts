@@ -4,10 +4,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type AppConfig } from '#config';
 import { Redis } from 'ioredis';
 import { pingRedis, redactRedisUrl } from './ping-redis.js';
-import { RedisUnavailableError } from './redis-errors.js';
+import { RedisServerNotFoundError, RedisUnavailableError } from './redis-errors.js';
 import { type RedisLog } from './redis-log.js';
 import {
   adoptRedisServer,
+  DEFAULT_REDIS_SERVER_BINARY,
   isAlive,
   type RedisServerHandle,
   startRedisServer,
@@ -121,10 +122,11 @@ export async function resolveRedis(
     );
     return { url: leftover.url, source: 'private', stop: () => leftover.stop() };
   }
-  const server = await startRedisServer({
-    dir,
-    log,
-    ...(options.redisServerBinary === undefined ? {} : { binary: options.redisServerBinary }),
+  const binary = options.redisServerBinary ?? DEFAULT_REDIS_SERVER_BINARY;
+  const server = await startRedisServer({ dir, log, binary }).catch((error: unknown) => {
+    throw error instanceof RedisServerNotFoundError
+      ? new RedisServerNotFoundError(binary, redactRedisUrl(config.localRedisUrl))
+      : error;
   });
   await writeFile(join(dir, STATE_FILE), JSON.stringify({ port: server.port, pid: server.pid }));
   return {
