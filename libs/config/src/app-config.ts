@@ -22,6 +22,12 @@ export interface AppConfig {
   readonly workerConcurrency: number;
   /** Maximum concurrent operations on one simulated host. */
   readonly hostConcurrency: number;
+  /** Fleet-wide maximum of running operations (all workers together); undefined for none. */
+  readonly globalConcurrency: number | undefined;
+  /** How long a step may wait for an HKID or memory before its operation fails (real ms). */
+  readonly stepWaitTimeoutMs: number;
+  /** A job's lock: a worker that dies holding a job is noticed within about this long. */
+  readonly jobLockMs: number;
   /** Prefix of every Redis key and queue, used inside a `{...}` hash tag. */
   readonly keyPrefix: string;
   /** Time allowed for a graceful shutdown before the process exits non-zero. */

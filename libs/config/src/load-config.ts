@@ -12,6 +12,8 @@ export const CONFIG_DEFAULTS = {
   TIME_SCALE: '1000',
   WORKER_CONCURRENCY: '16',
   HOST_CONCURRENCY: '4',
+  STEP_WAIT_TIMEOUT_MS: '600000',
+  JOB_LOCK_MS: '30000',
   KEY_PREFIX: 'tdxfleet',
   SHUTDOWN_TIMEOUT_MS: '10000',
   LOG_LEVEL: 'info',
@@ -101,6 +103,16 @@ function logLevel(env: Env): LogLevel {
   return level;
 }
 
+function globalConcurrency(env: Env): number | undefined {
+  const value = raw(env, 'GLOBAL_CONCURRENCY');
+  if (value === undefined) return undefined;
+  const expected = 'an integer from 1 to 100000';
+  if (!/^\d+$/.test(value)) throw invalid('GLOBAL_CONCURRENCY', value, expected);
+  const parsed = Number(value);
+  if (parsed < 1 || parsed > 100_000) throw invalid('GLOBAL_CONCURRENCY', value, expected);
+  return parsed;
+}
+
 function keyPrefix(env: Env): string {
   const value = raw(env, 'KEY_PREFIX') ?? CONFIG_DEFAULTS.KEY_PREFIX;
   if (!/^[A-Za-z0-9_-]+$/.test(value)) {
@@ -158,6 +170,9 @@ export function loadConfig(env: NodeJS.ProcessEnv): AppConfig {
     apiToken: apiToken(env),
     workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 1, 10000),
     hostConcurrency: integer(env, 'HOST_CONCURRENCY', 1, 10000),
+    globalConcurrency: globalConcurrency(env),
+    stepWaitTimeoutMs: integer(env, 'STEP_WAIT_TIMEOUT_MS', 0, 86_400_000),
+    jobLockMs: integer(env, 'JOB_LOCK_MS', 1000, 600_000),
     keyPrefix: keyPrefix(env),
     shutdownTimeoutMs: integer(env, 'SHUTDOWN_TIMEOUT_MS', 1, 3_600_000),
     logLevel: logLevel(env),

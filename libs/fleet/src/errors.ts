@@ -11,7 +11,9 @@ export type FleetErrorCode =
   | 'vm_state_conflict'
   | 'kernel_feature_missing'
   | 'no_capacity'
-  | 'idempotency_conflict';
+  | 'idempotency_conflict'
+  | 'already_exists'
+  | 'job_finished';
 
 /** The base of every domain error of the fleet. */
 export class FleetError extends Error {

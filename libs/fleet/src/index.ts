@@ -3,6 +3,7 @@
  * executor that moves an operation forward step by step. No I/O: the store and the workers
  * persist and schedule what these functions return.
  */
+export * from './batch.js';
 export * from './errors.js';
 export * from './executor.js';
 export * from './host-document.js';

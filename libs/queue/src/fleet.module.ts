@@ -1,0 +1,63 @@
+import { Global, Inject, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '#config';
+import { RedisConnection } from '#redis';
+import { FleetStore } from '#store';
+import { Redis } from 'ioredis';
+import { FleetService } from './fleet.service.js';
+import { FleetQueues } from './queues.js';
+
+/**
+ * The fleet's Redis adapters for one process, each on a connection of its own (created here,
+ * before the shared client connects), closed on shutdown before the shared client.
+ */
+@Injectable()
+export class FleetConnections implements OnApplicationShutdown {
+  readonly store: FleetStore;
+  readonly queues: FleetQueues;
+  readonly service: FleetService;
+  private readonly storeConnection: Redis;
+  private readonly queueConnection: Redis;
+
+  constructor(@Inject(APP_CONFIG) config: AppConfig, redis: RedisConnection) {
+    // Commands fail after a couple of retries instead of queueing while Redis is away: the API
+    // answers 503 and the workers retry the job.
+    const options = { maxRetriesPerRequest: 2, connectTimeout: 2000, commandTimeout: 5000 };
+    this.storeConnection = new Redis(redis.url, options);
+    this.queueConnection = new Redis(redis.url, options);
+    this.store = new FleetStore(this.storeConnection, config.keyPrefix);
+    this.queues = new FleetQueues(this.queueConnection, this.store.keys.queuePrefix);
+    this.service = new FleetService(this.store, this.queues);
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.queues.close();
+    for (const connection of [this.queueConnection, this.storeConnection]) {
+      await connection.quit().catch(() => connection.disconnect());
+    }
+  }
+}
+
+/** Provides the fleet's store, queues and service to the API and the workers. */
+@Global()
+@Module({
+  providers: [
+    FleetConnections,
+    {
+      provide: FleetStore,
+      useFactory: (c: FleetConnections) => c.store,
+      inject: [FleetConnections],
+    },
+    {
+      provide: FleetQueues,
+      useFactory: (c: FleetConnections) => c.queues,
+      inject: [FleetConnections],
+    },
+    {
+      provide: FleetService,
+      useFactory: (c: FleetConnections) => c.service,
+      inject: [FleetConnections],
+    },
+  ],
+  exports: [FleetStore, FleetQueues, FleetService],
+})
+export class FleetModule {}

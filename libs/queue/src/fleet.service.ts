@@ -1,0 +1,295 @@
+import { randomUUID } from 'node:crypto';
+import {
+  type BatchRecord,
+  type BatchSpec,
+  type BatchView,
+  FleetError,
+  type HostSpec,
+  type HostView,
+  IdempotencyConflictError,
+  InvalidRequestError,
+  type JobView,
+  NoCapacityError,
+  NotFoundError,
+  type OperationRecord,
+  type Strategy,
+  type VmView,
+  batchView,
+  chooseHost,
+  createHostDocument,
+  createVm,
+  hostView,
+  jobView,
+  requestCancel,
+  selectBatchMembers,
+  submitOperation,
+  vmView,
+} from '#fleet';
+import type { FleetStore } from '#store';
+import { REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
+import type { FleetQueues } from './queues.js';
+
+/** A job that has already ended cannot be cancelled. */
+export class JobFinishedError extends FleetError {
+  constructor(jobId: string, state: string) {
+    super('job_finished', `job ${jobId} has already ended (${state})`, { jobId, state });
+    this.name = 'JobFinishedError';
+  }
+}
+
+/** An Idempotency-Key and what the request it came with was. */
+export interface Idempotency {
+  key: string;
+  /** Method, path and body of the request: the same key with another request is refused. */
+  fingerprint: string;
+}
+
+/** `POST /v1/vms`. */
+export interface CreateVmInput {
+  id?: string;
+  hostId?: string;
+  vcpus: number;
+  memoryBytes: number;
+}
+
+/** Clock and id source, replaceable in tests. */
+export interface ServiceEnvironment {
+  now: () => number;
+  newId: () => string;
+}
+
+const DEFAULT_ENVIRONMENT: ServiceEnvironment = {
+  now: () => Date.now(),
+  newId: () => randomUUID(),
+};
+
+/**
+ * What the API offers, over the store and the queues: hosts, VMs, operations as queued jobs,
+ * cancellation, batches. Throws domain errors only; the HTTP layer maps them.
+ */
+export class FleetService {
+  constructor(
+    private readonly store: FleetStore,
+    private readonly queues: FleetQueues,
+    private readonly env: ServiceEnvironment = DEFAULT_ENVIRONMENT,
+  ) {}
+
+  async createHost(spec: Omit<HostSpec, 'id'> & { id?: string }): Promise<HostView> {
+    const id = spec.id ?? `host-${this.env.newId().slice(0, 8)}`;
+    const doc = createHostDocument({ ...spec, id }, this.env.now());
+    const stored = await this.store.createHost(doc);
+    return hostView(stored, this.env.now());
+  }
+
+  async listHosts(): Promise<HostView[]> {
+    const now = this.env.now();
+    return (await this.store.listHosts()).map((doc) => hostView(doc, now));
+  }
+
+  async getHost(hostId: string): Promise<HostView> {
+    return hostView(await this.store.requireHost(hostId), this.env.now());
+  }
+
+  async listVms(filter: { hostId?: string; state?: string } = {}): Promise<VmView[]> {
+    const docs =
+      filter.hostId === undefined
+        ? await this.store.listHosts()
+        : [await this.store.requireHost(filter.hostId)];
+    return docs
+      .flatMap((doc) => Object.values(doc.vms).map((vm) => vmView(doc, vm)))
+      .filter((vm) => filter.state === undefined || vm.state === filter.state)
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  async getVm(vmId: string): Promise<VmView> {
+    const { doc, vm } = await this.store.requireVm(vmId);
+    return vmView(doc, vm);
+  }
+
+  /**
+   * Creates a VM and queues its boot, on `hostId` or on the host with the most room. With an
+   * Idempotency-Key, a repeated request returns the first one's VM and job.
+   */
+  async createVm(
+    input: CreateVmInput,
+    idempotency?: Idempotency,
+  ): Promise<{ vm: VmView; job: JobView; replayed: boolean }> {
+    const vmId = input.id ?? `vm-${this.env.newId().slice(0, 8)}`;
+    const opId = this.env.newId();
+    const replay = await this.claim(idempotency, opId, vmId);
+    if (replay !== null)
+      return { vm: await this.getVm(replay.vmId), job: replay.job, replayed: true };
+    try {
+      const existing = await this.findVmHost(vmId);
+      if (existing !== null) throw new InvalidRequestError(`a VM with id ${vmId} exists already`);
+      const candidates =
+        input.hostId === undefined
+          ? await this.store.listHosts()
+          : [await this.store.requireHost(input.hostId)];
+      // Placement reads every host, then commits on one; if another request took the room in
+      // between, the commit refuses and the next best host is tried.
+      let remaining = candidates;
+      for (;;) {
+        const chosen = chooseHost(remaining, input.vcpus, input.memoryBytes);
+        await this.store.indexVm(vmId, chosen.id);
+        await this.store.indexJob(opId, chosen.id);
+        try {
+          const { doc, value } = await this.store.update(chosen.id, (current) => {
+            const created = createVm(current, {
+              vmId,
+              opId,
+              vcpus: input.vcpus,
+              memoryBytes: input.memoryBytes,
+              nowMs: this.env.now(),
+              idempotencyKey: idempotency?.key ?? null,
+            });
+            return { doc: created.doc, value: created };
+          });
+          await this.queues.addOperation({ opId, hostId: chosen.id });
+          return {
+            vm: vmView(doc, value.vm),
+            job: jobView(value.op, this.env.now()),
+            replayed: false,
+          };
+        } catch (error) {
+          if (!(error instanceof NoCapacityError) || input.hostId !== undefined) throw error;
+          remaining = remaining.filter((d) => d.id !== chosen.id);
+        }
+      }
+    } catch (error) {
+      if (idempotency !== undefined) await this.store.releaseIdempotency(idempotency.key);
+      throw error;
+    }
+  }
+
+  /** Queues a reboot or terminate of a VM (409 when busy or the kernel cannot do it). */
+  async submit(
+    vmId: string,
+    action: 'reboot' | 'terminate',
+    strategy: Strategy,
+    idempotency?: Idempotency,
+    batchId?: string,
+  ): Promise<{ job: JobView; replayed: boolean }> {
+    const allowed: readonly string[] =
+      action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+    if (!allowed.includes(strategy)) {
+      throw new InvalidRequestError(`strategy of a ${action} must be one of ${allowed.join(', ')}`);
+    }
+    const opId = this.env.newId();
+    const replay = await this.claim(idempotency, opId, vmId);
+    if (replay !== null) return { job: replay.job, replayed: true };
+    try {
+      const { doc } = await this.store.requireVm(vmId);
+      await this.store.indexJob(opId, doc.id);
+      const { value } = await this.store.update(doc.id, (current) => {
+        const submitted = submitOperation(current, {
+          opId,
+          vmId,
+          action,
+          strategy,
+          nowMs: this.env.now(),
+          idempotencyKey: idempotency?.key ?? null,
+          batchId: batchId ?? null,
+        });
+        return { doc: submitted.doc, value: submitted.op };
+      });
+      await this.queues.addOperation({ opId, hostId: doc.id });
+      return { job: jobView(value, this.env.now()), replayed: false };
+    } catch (error) {
+      if (idempotency !== undefined) await this.store.releaseIdempotency(idempotency.key);
+      throw error;
+    }
+  }
+
+  async getJob(jobId: string): Promise<JobView> {
+    return jobView(await this.requireJob(jobId), this.env.now());
+  }
+
+  /**
+   * Cancels a job: a queued one at once (the VM as it was), a running one at its next step
+   * boundary (the worker cleans up and the VM ends `stopped`).
+   */
+  async cancelJob(jobId: string): Promise<JobView> {
+    const op = await this.requireJob(jobId);
+    if (op.finishedAtMs !== null) throw new JobFinishedError(jobId, op.state);
+    const { value } = await this.store.update(op.hostId, (current) => {
+      if (current.ops[jobId] === undefined) throw new JobFinishedError(jobId, 'finished');
+      const result = requestCancel(current, jobId, this.env.now());
+      return { doc: result.doc, value: result, finished: result.finished ? result.op : null };
+    });
+    if (value.finished) await this.queues.removeOperation(jobId);
+    return jobView(value.op, this.env.now());
+  }
+
+  /** Starts a batch: picks its VMs now, then a worker submits and follows their operations. */
+  async createBatch(spec: BatchSpec): Promise<BatchView> {
+    const allowed: readonly string[] =
+      spec.action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+    if (!allowed.includes(spec.strategy)) {
+      throw new InvalidRequestError(
+        `strategy of a ${spec.action} must be one of ${allowed.join(', ')}`,
+      );
+    }
+    const members = selectBatchMembers(await this.store.listHosts(), spec.selector);
+    const now = this.env.now();
+    const batch: BatchRecord = {
+      id: `batch-${this.env.newId().slice(0, 8)}`,
+      spec,
+      state: members.every((m) => m.state === 'rejected') ? 'done' : 'running',
+      members,
+      createdAtMs: now,
+      finishedAtMs: null,
+    };
+    if (batch.state === 'done') batch.finishedAtMs = now;
+    await this.store.saveBatch(batch);
+    if (batch.state === 'running') await this.queues.addBatch({ batchId: batch.id });
+    return batchView(batch);
+  }
+
+  async getBatch(batchId: string): Promise<BatchView> {
+    const batch = await this.store.getBatch(batchId);
+    if (batch === null) throw new NotFoundError('batch', batchId);
+    return batchView(batch);
+  }
+
+  private async requireJob(jobId: string): Promise<OperationRecord> {
+    const op = await this.store.getJob(jobId);
+    if (op === null) throw new NotFoundError('job', jobId);
+    return op;
+  }
+
+  private async findVmHost(vmId: string): Promise<string | null> {
+    try {
+      return (await this.store.requireVm(vmId)).doc.id;
+    } catch (error) {
+      if (error instanceof NotFoundError) return null;
+      throw error;
+    }
+  }
+
+  /**
+   * Takes an Idempotency-Key for a new request; when the key was used before, returns that
+   * request's job (same request) or refuses (another request).
+   */
+  private async claim(
+    idempotency: Idempotency | undefined,
+    opId: string,
+    vmId: string,
+  ): Promise<{ job: JobView; vmId: string } | null> {
+    if (idempotency === undefined) return null;
+    const previous = await this.store.claimIdempotency(idempotency.key, {
+      fingerprint: idempotency.fingerprint,
+      jobId: opId,
+      vmId,
+    });
+    if (previous === null) return null;
+    if (previous.fingerprint !== idempotency.fingerprint) {
+      throw new IdempotencyConflictError(idempotency.key, previous.jobId);
+    }
+    const op = await this.store.getJob(previous.jobId);
+    if (op === null) {
+      throw new IdempotencyConflictError(idempotency.key, previous.jobId);
+    }
+    return { job: jobView(op, this.env.now()), vmId: previous.vmId };
+  }
+}

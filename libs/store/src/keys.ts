@@ -1,0 +1,49 @@
+/**
+ * Every Redis key of a fleet. A host's keys share the hash tag `{host:<id>}`, so on a Redis
+ * Cluster its document and its finished jobs live in one slot (one Lua script commits both);
+ * the fleet-wide indexes share the tag `{<prefix>}`, like the BullMQ queues.
+ */
+export class FleetKeys {
+  constructor(readonly prefix: string) {}
+
+  /** BullMQ's key prefix for this fleet's queues. */
+  get queuePrefix(): string {
+    return `{${this.prefix}}`;
+  }
+
+  hostDoc(hostId: string): string {
+    return `${this.prefix}:{host:${hostId}}:doc`;
+  }
+
+  finishedJob(hostId: string, jobId: string): string {
+    return `${this.prefix}:{host:${hostId}}:job:${jobId}`;
+  }
+
+  get hosts(): string {
+    return `{${this.prefix}}:hosts`;
+  }
+
+  get vmHost(): string {
+    return `{${this.prefix}}:vm-host`;
+  }
+
+  get jobHost(): string {
+    return `{${this.prefix}}:job-host`;
+  }
+
+  idempotency(key: string): string {
+    return `{${this.prefix}}:idempotency:${key}`;
+  }
+
+  batch(batchId: string): string {
+    return `{${this.prefix}}:batch:${batchId}`;
+  }
+
+  get batches(): string {
+    return `{${this.prefix}}:batches`;
+  }
+
+  get events(): string {
+    return `{${this.prefix}}:events`;
+  }
+}
