@@ -109,6 +109,10 @@ describe('HTTP app', () => {
       assertErrorShape(await call(app.baseUrl, '/healthz', { method: 'DELETE' }), 404, 'not_found');
     });
 
+    it('a malformed URL is a 400 in the error shape', async () => {
+      assertErrorShape(await call(app.baseUrl, '/%'), 400, 'bad_request');
+    });
+
     it('malformed JSON is a 400 in the error shape', async () => {
       const answer = await call(app.baseUrl, '/test/echo', {
         method: 'POST',

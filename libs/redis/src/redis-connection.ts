@@ -17,26 +17,16 @@ const QUIT_TIMEOUT_MS = 2000;
  */
 @Injectable()
 export class RedisConnection implements OnModuleInit, OnApplicationShutdown {
-  private redis: Redis | undefined;
+  private readonly redis: Redis;
+  private closed = false;
 
   constructor(
     @Inject(RESOLVED_REDIS) private readonly resolved: ResolvedRedis,
     @Inject(LOGGER) private readonly log: Logger,
-  ) {}
-
-  get url(): string {
-    return this.resolved.url;
-  }
-
-  /** The connected client; fails fast (no offline queue) while Redis is unreachable. */
-  get client(): Redis {
-    if (this.redis === undefined) throw new Error('RedisConnection used before module init');
-    return this.redis;
-  }
-
-  async onModuleInit(): Promise<void> {
-    let lastError = '';
-    const redis = new Redis(this.resolved.url, {
+  ) {
+    // Only the client object: it connects in onModuleInit, so other providers can hold it from
+    // their constructors while no I/O happens before the application starts.
+    this.redis = new Redis(resolved.url, {
       lazyConnect: true,
       enableOfflineQueue: false,
       connectTimeout: 2000,
@@ -44,18 +34,30 @@ export class RedisConnection implements OnModuleInit, OnApplicationShutdown {
       maxRetriesPerRequest: 1,
       retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
     });
-    redis.on('error', (error: Error) => {
+    let lastError = '';
+    this.redis.on('error', (error: Error) => {
       // Logged once per distinct failure: a Redis that is down would otherwise flood the log.
       if (error.message === lastError) return;
       lastError = error.message;
-      this.log.warn(
-        { err: error, url: redactRedisUrl(this.resolved.url) },
-        'Redis connection error',
-      );
+      this.log.warn({ err: error, url: redactRedisUrl(resolved.url) }, 'Redis connection error');
     });
-    redis.on('ready', () => (lastError = ''));
-    this.redis = redis;
-    await redis.connect();
+    this.redis.on('ready', () => (lastError = ''));
+  }
+
+  get url(): string {
+    return this.resolved.url;
+  }
+
+  /**
+   * The shared client (connected once the module has initialised). It has no offline queue:
+   * while Redis is unreachable, commands fail fast instead of piling up.
+   */
+  get client(): Redis {
+    return this.redis;
+  }
+
+  async onModuleInit(): Promise<void> {
+    await this.redis.connect();
   }
 
   /** One PING within the command timeout. */
@@ -69,14 +71,12 @@ export class RedisConnection implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
-    const redis = this.redis;
-    this.redis = undefined;
-    if (redis !== undefined) {
-      const quit = redis.quit().catch(() => undefined);
-      const timer = new Promise<void>((resolve) => setTimeout(resolve, QUIT_TIMEOUT_MS).unref());
-      await Promise.race([quit, timer]);
-      redis.disconnect();
-    }
+    if (this.closed) return;
+    this.closed = true;
+    const quit = this.redis.quit().catch(() => undefined);
+    const timer = new Promise<void>((resolve) => setTimeout(resolve, QUIT_TIMEOUT_MS).unref());
+    await Promise.race([quit, timer]);
+    this.redis.disconnect();
     if (this.resolved.source === 'private') this.log.info('stopping the private redis-server');
     await this.resolved.stop();
   }
