@@ -7,6 +7,15 @@ import { ApiError, type ErrorBody } from './api-error.js';
  * domain error is any Error with a string `code` listed here (and optional `details`).
  */
 export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
+  invalid_request: 400,
+  not_found: 404,
+  vm_busy: 409,
+  vm_state_conflict: 409,
+  kernel_feature_missing: 409,
+  job_finished: 409,
+  already_exists: 409,
+  idempotency_conflict: 409,
+  no_capacity: 422,
   not_ready: 503,
   redis_unavailable: 503,
 };
