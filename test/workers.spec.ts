@@ -1,0 +1,300 @@
+// Several worker processes on one Redis give the same results as one: a scenario of boots,
+// rounds of reboots with every strategy each host's kernel allows, and terminates, run by real
+// worker processes (`dist/apps/worker/src/main.js`), with the host documents' invariants
+// checked every time a test reads them.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { OperationRecord, Strategy } from '#fleet';
+import type { KernelFeatures } from '#tdx-sim';
+import { Redis } from 'ioredis';
+import {
+  type FleetClient,
+  type WorkerProcess,
+  connectFleet,
+  lockHolders,
+  sampleHosts,
+  settledUsage,
+  startWorker,
+  waitForJobs,
+} from './support/fleet.js';
+import { startTestRedis, type TestRedis } from './support/redis.js';
+
+const GIB = 1024 ** 3;
+
+const HOSTS: Array<{ id: string; kernel: KernelFeatures }> = [
+  {
+    id: 'h-mainline',
+    kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+  },
+  { id: 'h-v4', kernel: { terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' } },
+  {
+    id: 'h-aug2025',
+    kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+  },
+];
+const VM_SHAPES = [
+  { vcpus: 2, memoryGiB: 2 },
+  { vcpus: 4, memoryGiB: 4 },
+  { vcpus: 2, memoryGiB: 6 },
+  { vcpus: 4, memoryGiB: 8 },
+];
+const REBOOT_ROUNDS = 3;
+
+function rebootStrategies(kernel: KernelFeatures): Strategy[] {
+  if (kernel.terminateVm === 'none') return ['cold'];
+  return kernel.linkGuestMemfd ? ['cold', 'terminate', 'reuse'] : ['cold', 'terminate'];
+}
+
+function terminateStrategies(kernel: KernelFeatures): Strategy[] {
+  return kernel.terminateVm === 'none' ? ['close'] : ['close', 'terminate'];
+}
+
+/** What must come out the same however many workers run the scenario, and however fast. */
+interface Outcome {
+  /** Per job, in submission order: what it was and what it did (no ids, no times). */
+  jobs: Array<{
+    vmId: string;
+    action: string;
+    strategy: string | null;
+    state: string;
+    steps: string[];
+    bytes: Record<string, number> | null;
+  }>;
+  /** Per VM, after each round: its state, generation and guest_memfds. */
+  vmHistory: Record<
+    string,
+    Array<{
+      state: string;
+      generation: number;
+      guestMemfds: Array<{ bytes: number; firstBootGeneration: number }>;
+      /** Whether the guest_memfd ids are the ones it had before the round. */
+      keptGuestMemfds: boolean;
+    }>
+  >;
+  hosts: Record<
+    string,
+    {
+      usage: ReturnType<typeof settledUsage>;
+      vmStates: Record<string, number>;
+      openOps: number;
+    }
+  >;
+}
+
+function jobSummary(op: OperationRecord): Outcome['jobs'][number] {
+  return {
+    vmId: op.vmId,
+    action: op.action,
+    strategy: op.strategy,
+    state: op.state,
+    steps: op.steps.map((s) => `${s.name}:${s.state}`),
+    bytes:
+      op.result === null
+        ? null
+        : {
+            bytesReclaimed: op.result.bytesReclaimed,
+            bytesFreed: op.result.bytesFreed,
+            bytesReused: op.result.bytesReused,
+            bytesAllocated: op.result.bytesAllocated,
+          },
+  };
+}
+
+/**
+ * Runs the scenario on a fresh prefix with `workers` worker processes at `timeScale`; returns
+ * its outcome and every problem seen in a host document along the way.
+ */
+async function runScenario(
+  redisUrl: string,
+  prefix: string,
+  workers: number,
+  timeScale: number,
+): Promise<{ outcome: Outcome; problems: string[]; lockHolders: number }> {
+  const env = {
+    TIME_SCALE: String(timeScale),
+    WORKER_CONCURRENCY: '8',
+    HOST_CONCURRENCY: '2',
+    SHUTDOWN_TIMEOUT_MS: '5000',
+  };
+  const processes: WorkerProcess[] = [];
+  const fleet: FleetClient = connectFleet(redisUrl, prefix);
+  const problems: string[] = [];
+  const outcome: Outcome = { jobs: [], vmHistory: {}, hosts: {} };
+  const previousIds = new Map<string, string[]>();
+  const lockRedis = new Redis(redisUrl);
+  const holders = new Set<string>();
+  try {
+    processes.push(
+      ...(await Promise.all(
+        Array.from({ length: workers }, () => startWorker(redisUrl, prefix, env)),
+      )),
+    );
+    const vms: Array<{ id: string; kernel: KernelFeatures; index: number }> = [];
+    for (const host of HOSTS) {
+      await fleet.service.createHost({
+        id: host.id,
+        memoryGiB: 64,
+        hkids: 16,
+        packages: 2,
+        cpus: 64,
+        kernel: host.kernel,
+      });
+    }
+
+    const runRound = async (submit: () => Promise<string[]>): Promise<void> => {
+      const jobIds = await submit();
+      const finished = await waitForJobs(fleet, jobIds, {
+        timeoutMs: 30_000,
+        problems,
+        onPoll: async (pending) => {
+          for (const holder of await lockHolders(lockRedis, fleet.queues, pending)) {
+            holders.add(holder);
+          }
+        },
+      });
+      for (const id of jobIds) {
+        const op = finished.get(id);
+        assert.ok(op !== undefined);
+        outcome.jobs.push(jobSummary(op));
+      }
+      for (const vm of await fleet.service.listVms()) {
+        const ids = vm.guestMemfds.map((g) => g.id);
+        const before = previousIds.get(vm.id) ?? [];
+        previousIds.set(vm.id, ids);
+        (outcome.vmHistory[vm.id] ??= []).push({
+          state: vm.state,
+          generation: vm.generation,
+          guestMemfds: vm.guestMemfds.map((g) => ({
+            bytes: g.bytes,
+            firstBootGeneration: g.firstBootGeneration,
+          })),
+          keptGuestMemfds: ids.length > 0 && ids.every((id, i) => before[i] === id),
+        });
+      }
+    };
+
+    // Boot every VM.
+    await runRound(async () => {
+      const jobs: string[] = [];
+      for (const host of HOSTS) {
+        for (const [index, shape] of VM_SHAPES.entries()) {
+          const id = `vm-${host.id}-${index}`;
+          const { job } = await fleet.service.createVm({
+            id,
+            hostId: host.id,
+            vcpus: shape.vcpus,
+            memoryBytes: shape.memoryGiB * GIB,
+          });
+          vms.push({ id, kernel: host.kernel, index });
+          jobs.push(job.id);
+        }
+      }
+      return jobs;
+    });
+
+    // Rounds of reboots, all at once, each VM with a strategy its kernel allows (rotating).
+    for (let round = 0; round < REBOOT_ROUNDS; round += 1) {
+      await runRound(() =>
+        Promise.all(
+          vms.map(async (vm) => {
+            const strategies = rebootStrategies(vm.kernel);
+            const strategy = strategies[(round + vm.index) % strategies.length] ?? 'cold';
+            return (await fleet.service.submit(vm.id, 'reboot', strategy)).job.id;
+          }),
+        ),
+      );
+    }
+
+    // Terminate half the VMs (with each strategy the kernel allows) while the others reboot.
+    await runRound(() =>
+      Promise.all(
+        vms.map(async (vm) => {
+          if (vm.index < 2) {
+            const strategies = terminateStrategies(vm.kernel);
+            const strategy = strategies[vm.index % strategies.length] ?? 'close';
+            return (await fleet.service.submit(vm.id, 'terminate', strategy)).job.id;
+          }
+          const strategies = rebootStrategies(vm.kernel);
+          const strategy = strategies[strategies.length - 1] ?? 'cold';
+          return (await fleet.service.submit(vm.id, 'reboot', strategy)).job.id;
+        }),
+      ),
+    );
+
+    const now = Date.now();
+    for (const doc of await sampleHosts(fleet.store, problems)) {
+      const vmStates: Record<string, number> = {};
+      for (const vm of Object.values(doc.vms)) vmStates[vm.state] = (vmStates[vm.state] ?? 0) + 1;
+      outcome.hosts[doc.id] = {
+        usage: settledUsage(doc, now),
+        vmStates,
+        openOps: Object.keys(doc.ops).length,
+      };
+    }
+
+    // The workers stop cleanly once idle.
+    for (const proc of processes) proc.child.kill('SIGTERM');
+    for (const proc of processes) {
+      assert.equal(await proc.exited(10_000), 0, proc.stderr() + proc.stdout());
+    }
+    return { outcome, problems, lockHolders: holders.size };
+  } finally {
+    for (const proc of processes) proc.killGroup();
+    await fleet.close();
+    await lockRedis.quit();
+  }
+}
+
+describe('worker processes on one Redis', () => {
+  let redis: TestRedis;
+  let reference: Outcome;
+  before(async () => {
+    redis = await startTestRedis();
+  });
+  after(async () => {
+    await redis.stop();
+  });
+
+  it('one worker runs the scenario: every job succeeds, every document sound', async () => {
+    const { outcome, problems } = await runScenario(redis.url, 'one-ts0', 1, 0);
+    assert.deepEqual(problems, []);
+    const failed = outcome.jobs.filter((j) => j.state !== 'succeeded');
+    assert.deepEqual(failed, [], 'every job succeeds');
+    assert.equal(outcome.jobs.length, HOSTS.length * VM_SHAPES.length * (REBOOT_ROUNDS + 2));
+    for (const host of Object.values(outcome.hosts)) {
+      assert.equal(host.openOps, 0);
+      assert.deepEqual(host.vmStates, { terminated: 2, running: 2 });
+      assert.equal(host.usage.memory.inFlightBytes, 0);
+      assert.equal(host.usage.hkids.used, 2, 'one HKID per running VM');
+    }
+    // A reuse reboot keeps the guest_memfds; a cold one allocates new ones.
+    const aug = outcome.vmHistory['vm-h-aug2025-0'];
+    assert.ok(aug !== undefined);
+    assert.deepEqual(
+      aug.map((h) => h.generation),
+      [1, 2, 3, 4, 4],
+    );
+    assert.deepEqual(
+      aug.map((h) => h.keptGuestMemfds),
+      [false, false, false, true, false],
+      'rounds: boot, cold, terminate, reuse, then terminated',
+    );
+    reference = outcome;
+  });
+
+  it('two workers at TIME_SCALE=0 give the same outcome as one', async () => {
+    assert.ok(reference !== undefined, 'needs the one-worker run');
+    const { outcome, problems } = await runScenario(redis.url, 'two-ts0', 2, 0);
+    assert.deepEqual(problems, []);
+    assert.deepEqual(outcome, reference);
+  });
+
+  it('two workers at TIME_SCALE=2000 (steps interleave in real time) give the same outcome', async () => {
+    assert.ok(reference !== undefined, 'needs the one-worker run');
+    const run = await runScenario(redis.url, 'two-ts2000', 2, 2000);
+    const { outcome, problems } = run;
+    assert.deepEqual(problems, []);
+    assert.equal(run.lockHolders, 2, 'both worker processes ran jobs');
+    assert.deepEqual(outcome, reference);
+  });
+});
