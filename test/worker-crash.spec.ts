@@ -1,0 +1,312 @@
+// A worker process that dies (SIGKILL) or stops (SIGTERM) in the middle of a reboot: the job
+// completes on another worker, every step applied exactly once, and the VM and its host end as a
+// reboot without a crash leaves them.
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import {
+  type HostDocument,
+  type HostSpec,
+  type OperationRecord,
+  advanceOperation,
+  createHostDocument,
+  createVm,
+  submitOperation,
+} from '#fleet';
+import {
+  type FleetClient,
+  type WorkerProcess,
+  connectFleet,
+  documentProblems,
+  settledUsage,
+  startWorker,
+  waitForJobs,
+} from './support/fleet.js';
+import { startTestRedis, type TestRedis } from './support/redis.js';
+
+const GIB = 1024 ** 3;
+const HOST: HostSpec = {
+  id: 'h-crash',
+  memoryGiB: 64,
+  hkids: 16,
+  packages: 2,
+  cpus: 64,
+  kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+};
+const VM = { id: 'vm-big', vcpus: 4, memoryBytes: 18 * GIB };
+/** An 18 GiB cold reboot costs about 71 virtual seconds: about 3.5 s of wall time at 20x. */
+const TIME_SCALE = '20';
+const SHUTDOWN_TIMEOUT_MS = 5000;
+
+/** Runs an operation of a document to its end in pure virtual time (no Redis, no worker). */
+function runToEnd(doc: HostDocument, opId: string): { doc: HostDocument; op: OperationRecord } {
+  let current = doc;
+  for (let i = 0; i < 10_000; i += 1) {
+    const advance = advanceOperation(current, opId, {
+      nowMs: 1,
+      timeScale: 0,
+      hostConcurrency: 4,
+      maxWaitMs: 1000,
+      pollMs: 50,
+    });
+    if (advance.kind === 'wait') throw new Error(`reference run waits (${advance.reason})`);
+    current = advance.doc;
+    if (advance.finished !== null) return { doc: current, op: advance.finished };
+  }
+  throw new Error('reference run does not end');
+}
+
+/** A cold reboot of the VM without any crash: what the daemon's run must match. */
+function referenceReboot(): { doc: HostDocument; op: OperationRecord } {
+  const created = createVm(createHostDocument(HOST, 0), {
+    vmId: VM.id,
+    opId: 'boot',
+    vcpus: VM.vcpus,
+    memoryBytes: VM.memoryBytes,
+    nowMs: 0,
+  });
+  const booted = runToEnd(created.doc, 'boot');
+  const submitted = submitOperation(booted.doc, {
+    opId: 'reboot',
+    vmId: VM.id,
+    action: 'reboot',
+    strategy: 'cold',
+    nowMs: 1,
+  });
+  return runToEnd(submitted.doc, 'reboot');
+}
+
+/** What a finished reboot must have in common with the reference (no ids, no times). */
+function comparable(doc: HostDocument, op: OperationRecord) {
+  const vm = doc.vms[op.vmId];
+  assert.ok(vm !== undefined);
+  return {
+    job: {
+      state: op.state,
+      steps: op.steps.map((s) => ({ name: s.name, state: s.state, virtual: s.virtualSeconds })),
+      bytes: {
+        reclaimed: op.result?.bytesReclaimed,
+        freed: op.result?.bytesFreed,
+        reused: op.result?.bytesReused,
+        allocated: op.result?.bytesAllocated,
+      },
+    },
+    vm: {
+      state: vm.state,
+      generation: vm.generation,
+      activeJob: vm.activeJob,
+      guestMemfds: vm.guestMemfds.map((g) => ({
+        bytes: g.bytes,
+        firstBootGeneration: g.firstBootGeneration,
+      })),
+    },
+    usage: settledUsage(doc, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+function stepOf(op: OperationRecord, name: string): OperationRecord['steps'][number] {
+  const step = op.steps.find((s) => s.name === name);
+  assert.ok(step !== undefined, `the job has a step ${name}`);
+  return step;
+}
+
+function stepsDone(op: OperationRecord | null): number {
+  return op === null ? 0 : op.steps.filter((s) => s.state === 'done').length;
+}
+
+/** Polls the job until `ready` says so; fails if the job ends first. */
+async function waitForJobPoint(
+  fleet: FleetClient,
+  jobId: string,
+  what: string,
+  ready: (op: OperationRecord) => boolean,
+): Promise<OperationRecord> {
+  const deadline = performance.now() + 20_000;
+  while (performance.now() < deadline) {
+    const op = await fleet.store.getJob(jobId);
+    if (op !== null && op.finishedAtMs !== null) {
+      throw new Error(`job ${jobId} ended (${op.state}) before ${what}`);
+    }
+    if (op !== null && ready(op)) return op;
+    await sleep(10);
+  }
+  throw new Error(`job ${jobId} did not reach ${what} within 20 s`);
+}
+
+describe('a worker dies or stops in the middle of a reboot', () => {
+  let redis: TestRedis;
+  const reference = referenceReboot();
+  before(async () => {
+    redis = await startTestRedis();
+  });
+  after(async () => {
+    await redis.stop();
+  });
+
+  /** Sets up the host and a booted VM under `prefix` with a worker; submits a cold reboot. */
+  async function bootAndSubmit(
+    prefix: string,
+    env: Record<string, string>,
+  ): Promise<{ fleet: FleetClient; first: WorkerProcess; jobId: string }> {
+    const fleet = connectFleet(redis.url, prefix);
+    const first = await startWorker(redis.url, prefix, env);
+    await fleet.service.createHost(HOST);
+    const { job: boot } = await fleet.service.createVm({ ...VM, hostId: HOST.id });
+    const problems: string[] = [];
+    const booted = await waitForJobs(fleet, [boot.id], { timeoutMs: 20_000, problems });
+    assert.equal(booted.get(boot.id)?.state, 'succeeded');
+    assert.deepEqual(problems, []);
+    const { job } = await fleet.service.submit(VM.id, 'reboot', 'cold');
+    return { fleet, first, jobId: job.id };
+  }
+
+  /**
+   * Checks the finished job against the reference, and that each step `before` had done was
+   * not run again (same start and end), each later one run after `killedAtMs`.
+   */
+  async function checkFinished(
+    fleet: FleetClient,
+    jobId: string,
+    snapshots: Array<{ op: OperationRecord; atMs: number }>,
+  ): Promise<void> {
+    const problems: string[] = [];
+    const finished = (await waitForJobs(fleet, [jobId], { timeoutMs: 30_000, problems })).get(
+      jobId,
+    );
+    assert.ok(finished !== undefined);
+    const doc = await fleet.store.requireHost(HOST.id);
+    assert.deepEqual(problems, [], 'documents sound while the job resumed');
+    assert.deepEqual(documentProblems(doc), [], 'the host is sound at the end');
+    assert.equal(finished.state, 'succeeded', JSON.stringify(finished.error));
+    assert.equal(finished.steps.length, reference.op.steps.length, 'no cleanup steps added');
+    assert.deepEqual(comparable(doc, finished), comparable(reference.doc, reference.op));
+    for (const { op: before, atMs } of snapshots) {
+      finished.steps.forEach((step, i) => {
+        const earlier = before.steps[i];
+        assert.ok(earlier !== undefined);
+        if (earlier.state === 'done') {
+          assert.equal(step.startedAtMs, earlier.startedAtMs, `${step.name} was not run again`);
+          assert.equal(step.endsAtMs, earlier.endsAtMs, `${step.name} was not run again`);
+        } else {
+          assert.ok(
+            (step.startedAtMs ?? 0) >= atMs,
+            `${step.name} ran after the worker went away (${step.startedAtMs} < ${atMs})`,
+          );
+        }
+      });
+    }
+  }
+
+  it('SIGKILL during a teardown step: another worker completes the job, each step once', async () => {
+    const env = { TIME_SCALE, JOB_LOCK_MS: '2000' };
+    const { fleet, first, jobId } = await bootAndSubmit('kill-once', env);
+    let second: WorkerProcess | undefined;
+    try {
+      // close-guest-memfd is committed and its ~68 virtual seconds (3.4 s) are running.
+      const before = await waitForJobPoint(fleet, jobId, 'close-guest-memfd', (op) => {
+        return op.steps.some((s) => s.name === 'close-guest-memfd' && s.state === 'done');
+      });
+      first.killGroup();
+      const killedAtMs = Date.now();
+      assert.equal(await first.exited(5000), 'SIGKILL');
+      const atKill = await fleet.store.getJob(jobId);
+      assert.ok(atKill !== null && atKill.state === 'running' && stepsDone(atKill) >= 4);
+      assert.ok(stepsDone(atKill) < atKill.steps.length, 'killed in the middle');
+      assert.ok(stepsDone(before) <= stepsDone(atKill));
+      assert.ok(
+        (stepOf(atKill, 'close-guest-memfd').endsAtMs ?? 0) > killedAtMs,
+        'killed while the step was running',
+      );
+
+      second = await startWorker(redis.url, 'kill-once', env);
+      await checkFinished(fleet, jobId, [{ op: atKill, atMs: killedAtMs }]);
+    } finally {
+      first.killGroup();
+      second?.killGroup();
+      await fleet.close();
+    }
+  });
+
+  it('SIGKILL twice (teardown, then the new VM boot): a third worker completes it', async () => {
+    const env = { TIME_SCALE, JOB_LOCK_MS: '2000' };
+    const { fleet, first, jobId } = await bootAndSubmit('kill-twice', env);
+    const workers: WorkerProcess[] = [first];
+    try {
+      await waitForJobPoint(fleet, jobId, 'close-guest-memfd', (op) => {
+        return op.steps.some((s) => s.name === 'close-guest-memfd' && s.state === 'done');
+      });
+      first.killGroup();
+      const firstKillAtMs = Date.now();
+      assert.equal(await first.exited(5000), 'SIGKILL');
+      const atFirstKill = await fleet.store.getJob(jobId);
+      assert.ok(atFirstKill !== null);
+
+      const second = await startWorker(redis.url, 'kill-twice', env);
+      workers.push(second);
+      // The new VM's `run` (fault-in, ~12 virtual seconds) has started on the second worker.
+      await waitForJobPoint(fleet, jobId, 'run', (op) => {
+        return op.steps.some((s) => s.name === 'run' && s.state === 'done');
+      });
+      second.killGroup();
+      const secondKillAtMs = Date.now();
+      assert.equal(await second.exited(5000), 'SIGKILL');
+      const atSecondKill = await fleet.store.getJob(jobId);
+      assert.ok(atSecondKill !== null && atSecondKill.finishedAtMs === null);
+      assert.ok(
+        stepsDone(atFirstKill) < stepsDone(atSecondKill),
+        'the second worker made progress',
+      );
+      assert.ok(
+        (stepOf(atSecondKill, 'run').endsAtMs ?? 0) > secondKillAtMs,
+        'killed while the new VM ran its fault-in',
+      );
+
+      workers.push(await startWorker(redis.url, 'kill-twice', env));
+      await checkFinished(fleet, jobId, [
+        { op: atFirstKill, atMs: firstKillAtMs },
+        { op: atSecondKill, atMs: secondKillAtMs },
+      ]);
+    } finally {
+      for (const worker of workers) worker.killGroup();
+      await fleet.close();
+    }
+  });
+
+  it('SIGTERM: the worker exits 0 in time and hands the job back; another completes it', async () => {
+    // The default job lock (30 s): the job must come back by the hand-back, not as a stalled job.
+    const env = { TIME_SCALE, SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) };
+    const { fleet, first, jobId } = await bootAndSubmit('sigterm', env);
+    let second: WorkerProcess | undefined;
+    try {
+      await waitForJobPoint(fleet, jobId, 'close-guest-memfd', (op) => {
+        return op.steps.some((s) => s.name === 'close-guest-memfd' && s.state === 'done');
+      });
+      const stoppedAtMs = Date.now();
+      first.child.kill('SIGTERM');
+      assert.equal(await first.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, first.stderr());
+      assert.ok(Date.now() - stoppedAtMs < SHUTDOWN_TIMEOUT_MS, 'within SHUTDOWN_TIMEOUT_MS');
+      const atStop = await fleet.store.getJob(jobId);
+      assert.ok(atStop !== null && atStop.state === 'running', 'the operation is not finished');
+      const queued = await fleet.queues.operations.getJob(jobId);
+      assert.ok(queued !== undefined);
+      const state = await queued.getState();
+      assert.ok(
+        state === 'delayed' || state === 'waiting',
+        `the job is handed back to the queue (it is ${state})`,
+      );
+
+      const resumedAtMs = Date.now();
+      second = await startWorker(redis.url, 'sigterm', env);
+      await checkFinished(fleet, jobId, [{ op: atStop, atMs: stoppedAtMs }]);
+      const done = await fleet.store.getJob(jobId);
+      assert.ok(
+        done !== null && (done.finishedAtMs ?? 0) - resumedAtMs < 15_000,
+        'resumed at once, not after the job lock expired',
+      );
+    } finally {
+      first.killGroup();
+      second?.killGroup();
+      await fleet.close();
+    }
+  });
+});
