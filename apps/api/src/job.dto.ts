@@ -1,0 +1,72 @@
+import { type JobView } from '#fleet';
+import { ERRNOS } from '#tdx-sim';
+import { z } from 'zod';
+import { timestampSchema } from './common.dto.js';
+import { type Documents, openApiSchema } from './openapi-schema.js';
+
+export const jobStateSchema = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
+const errnoSchema = z.enum(ERRNOS);
+
+export const jobViewSchema = z.strictObject({
+  id: z.string(),
+  vmId: z.string(),
+  hostId: z.string(),
+  action: z.enum(['boot', 'reboot', 'terminate']),
+  strategy: z.enum(['cold', 'terminate', 'reuse', 'close']).nullable(),
+  state: jobStateSchema,
+  progress: z.strictObject({
+    stepsDone: z.number().int(),
+    stepsTotal: z.number().int(),
+    fraction: z.number().min(0).max(1),
+  }),
+  steps: z.array(
+    z.strictObject({
+      name: z.string(),
+      track: z.string().describe('teardown or boot: the two run side by side'),
+      state: z.enum(['pending', 'waiting', 'running', 'done', 'failed', 'skipped']),
+      virtualSeconds: z.number().describe('Simulated seconds the step costs'),
+      wallMs: z.number().describe('Real milliseconds until its simulated time had passed'),
+      waitedMs: z.number().describe('Real milliseconds spent waiting for an HKID or memory'),
+      errno: z
+        .string()
+        .optional()
+        .describe(`The errno the step got (${ERRNOS.join(', ')})`),
+      cleanup: z.boolean().optional().describe('Added to clean up after a cancel or a failure'),
+    }),
+  ),
+  result: z
+    .strictObject({
+      downtimeSeconds: z.number(),
+      reclaimSeconds: z.number(),
+      bytesReclaimed: z.number(),
+      bytesFreed: z.number(),
+      bytesReused: z.number(),
+      bytesAllocated: z.number(),
+      hkidHeldSeconds: z.number(),
+      totalSeconds: z.number(),
+    })
+    .optional()
+    .describe('When the job succeeded'),
+  error: z
+    .strictObject({
+      code: z.enum(['step_failed', 'cancelled', 'wait_timeout']),
+      message: z.string(),
+      step: z.string().optional(),
+      errno: errnoSchema.optional(),
+    })
+    .optional()
+    .describe('When the job failed or was cancelled'),
+  cancelRequested: z.boolean(),
+  batchId: z.string().nullable(),
+  createdAt: timestampSchema,
+  startedAt: timestampSchema.nullable(),
+  finishedAt: timestampSchema.nullable(),
+});
+export type JobViewDocumented = Documents<typeof jobViewSchema, JobView>;
+
+export const jobEnvelopeSchema = z.strictObject({ job: jobViewSchema });
+
+export const JOB_SCHEMAS = {
+  view: openApiSchema(jobViewSchema, 'output'),
+  envelope: openApiSchema(jobEnvelopeSchema, 'output'),
+};
