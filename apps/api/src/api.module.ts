@@ -1,5 +1,46 @@
-import { Module } from '@nestjs/common';
+import { type DynamicModule, Module } from '@nestjs/common';
+import { FleetModule } from '#queue';
+import { BatchesController } from './batches.controller.js';
+import {
+  DEFAULT_EVENT_STREAM_OPTIONS,
+  EVENT_STREAM_OPTIONS,
+  type EventStreamOptions,
+  EventStreamService,
+} from './event-stream.service.js';
+import { EventsController } from './events.controller.js';
+import { HostsController } from './hosts.controller.js';
+import { JobsController } from './jobs.controller.js';
+import { VmsController } from './vms.controller.js';
 
-/** The job API (`/v1`): hosts, VMs, jobs, batches, events. Its controllers come next. */
-@Module({})
-export class ApiModule {}
+/**
+ * The job API (`/v1`): hosts, VMs, jobs, batches, events. It queues jobs; whether they run in
+ * this process depends on whether the app also has the workers (fleetd) or not (api).
+ */
+@Module({
+  imports: [FleetModule],
+  controllers: [
+    HostsController,
+    VmsController,
+    JobsController,
+    BatchesController,
+    EventsController,
+  ],
+  providers: [
+    EventStreamService,
+    { provide: EVENT_STREAM_OPTIONS, useValue: DEFAULT_EVENT_STREAM_OPTIONS },
+  ],
+})
+export class ApiModule {
+  /** The API with other event stream settings (tests use a short heartbeat). */
+  static withEventStream(options: Partial<EventStreamOptions>): DynamicModule {
+    return {
+      module: ApiModule,
+      providers: [
+        {
+          provide: EVENT_STREAM_OPTIONS,
+          useValue: { ...DEFAULT_EVENT_STREAM_OPTIONS, ...options },
+        },
+      ],
+    };
+  }
+}

@@ -1,0 +1,160 @@
+import { Body, Controller, Get, HttpCode, Param, Post, Query, Res } from '@nestjs/common';
+import {
+  ApiBearerAuth,
+  ApiBody,
+  ApiOperation,
+  ApiParam,
+  ApiQuery,
+  ApiResponse,
+  ApiTags,
+} from '@nestjs/swagger';
+import { FleetError, InvalidRequestError, type JobView, NotFoundError, type VmView } from '#fleet';
+import { FleetService, type Idempotency } from '#queue';
+import { ApiErrors, ApiIdempotent } from './api-responses.decorator.js';
+import { IdempotencyKey, markReplayed, type ReplyHeaders } from './idempotency.decorator.js';
+import { JOB_SCHEMAS } from './job.dto.js';
+import {
+  type CreateVmDto,
+  createVmSchema,
+  listVmsQuerySchema,
+  memoryBytesOf,
+  rebootSchema,
+  terminateSchema,
+  VM_SCHEMAS,
+  vmStateSchema,
+} from './vm.dto.js';
+import { ZodValidationPipe } from './zod-validation.pipe.js';
+
+/** A VM id that is taken. */
+class VmExistsError extends FleetError {
+  constructor(vmId: string) {
+    super('already_exists', `a VM with id ${vmId} exists already`, { vmId });
+    this.name = 'VmExistsError';
+  }
+}
+
+const BUSY_OR_KERNEL: [number, string] = [
+  409,
+  'vm_busy (details.jobId: the running job), vm_state_conflict (a terminated VM), ' +
+    "kernel_feature_missing (details.feature: what the host's kernel lacks; the VM is untouched) " +
+    'or idempotency_conflict (the key was used for another request)',
+];
+
+@ApiTags('vms')
+@Controller('v1/vms')
+export class VmsController {
+  constructor(private readonly fleet: FleetService) {}
+
+  @Post()
+  @HttpCode(202)
+  @ApiBearerAuth()
+  @ApiIdempotent()
+  @ApiOperation({ summary: 'Create a VM and queue its boot (on hostId, or placed by the server)' })
+  @ApiBody({ schema: VM_SCHEMAS.create })
+  @ApiResponse({ status: 202, description: 'The VM and its boot job', schema: VM_SCHEMAS.vmAndJob })
+  @ApiErrors(
+    400,
+    401,
+    [404, 'No host with that hostId: code not_found'],
+    [409, 'already_exists (the VM id is taken) or idempotency_conflict'],
+    422,
+  )
+  async create(
+    @Body(new ZodValidationPipe(createVmSchema)) body: CreateVmDto,
+    @IdempotencyKey() idempotency: Idempotency | undefined,
+    @Res({ passthrough: true }) reply: ReplyHeaders,
+  ): Promise<{ vm: VmView; job: JobView }> {
+    const input = {
+      ...(body.id === undefined ? {} : { id: body.id }),
+      ...(body.hostId === undefined ? {} : { hostId: body.hostId }),
+      vcpus: body.vcpus,
+      memoryBytes: memoryBytesOf(body),
+    };
+    try {
+      const { vm, job, replayed } = await this.fleet.createVm(input, idempotency);
+      markReplayed(reply, replayed);
+      return { vm, job };
+    } catch (error) {
+      // The service refuses a taken VM id as an invalid request; to a client it is a conflict.
+      if (error instanceof InvalidRequestError && body.id !== undefined) {
+        if (await this.vmExists(body.id)) throw new VmExistsError(body.id);
+      }
+      throw error;
+    }
+  }
+
+  @Get()
+  @ApiOperation({ summary: 'Every VM, optionally of one host or in one state' })
+  @ApiQuery({ name: 'hostId', required: false })
+  @ApiQuery({ name: 'state', required: false, enum: vmStateSchema.options })
+  @ApiResponse({ status: 200, description: 'The VMs, oldest first', schema: VM_SCHEMAS.list })
+  @ApiErrors(400, [404, 'No host with that hostId: code not_found'])
+  async list(
+    @Query(new ZodValidationPipe(listVmsQuerySchema))
+    query: {
+      hostId?: string;
+      state?: VmView['state'];
+    },
+  ): Promise<{ vms: VmView[] }> {
+    return { vms: await this.fleet.listVms(query) };
+  }
+
+  @Get(':id')
+  @ApiOperation({ summary: 'A VM: state, host, HKID, generation, memslots, guest_memfds' })
+  @ApiParam({ name: 'id' })
+  @ApiResponse({ status: 200, description: 'The VM', schema: VM_SCHEMAS.view })
+  @ApiErrors(404)
+  get(@Param('id') id: string): Promise<VmView> {
+    return this.fleet.getVm(id);
+  }
+
+  @Post(':id/reboot')
+  @HttpCode(202)
+  @ApiBearerAuth()
+  @ApiIdempotent()
+  @ApiOperation({ summary: 'Queue a reboot of the VM with a strategy' })
+  @ApiParam({ name: 'id' })
+  @ApiBody({ schema: VM_SCHEMAS.reboot })
+  @ApiResponse({ status: 202, description: 'The reboot job', schema: JOB_SCHEMAS.envelope })
+  @ApiErrors(400, 401, 404, BUSY_OR_KERNEL)
+  async reboot(
+    @Param('id') id: string,
+    @Body(new ZodValidationPipe(rebootSchema)) body: { strategy: 'cold' | 'terminate' | 'reuse' },
+    @IdempotencyKey() idempotency: Idempotency | undefined,
+    @Res({ passthrough: true }) reply: ReplyHeaders,
+  ): Promise<{ job: JobView }> {
+    const { job, replayed } = await this.fleet.submit(id, 'reboot', body.strategy, idempotency);
+    markReplayed(reply, replayed);
+    return { job };
+  }
+
+  @Post(':id/terminate')
+  @HttpCode(202)
+  @ApiBearerAuth()
+  @ApiIdempotent()
+  @ApiOperation({ summary: 'Queue the termination of the VM with a strategy' })
+  @ApiParam({ name: 'id' })
+  @ApiBody({ schema: VM_SCHEMAS.terminate })
+  @ApiResponse({ status: 202, description: 'The terminate job', schema: JOB_SCHEMAS.envelope })
+  @ApiErrors(400, 401, 404, BUSY_OR_KERNEL)
+  async terminate(
+    @Param('id') id: string,
+    @Body(new ZodValidationPipe(terminateSchema)) body: { strategy: 'close' | 'terminate' },
+    @IdempotencyKey() idempotency: Idempotency | undefined,
+    @Res({ passthrough: true }) reply: ReplyHeaders,
+  ): Promise<{ job: JobView }> {
+    const { job, replayed } = await this.fleet.submit(id, 'terminate', body.strategy, idempotency);
+    markReplayed(reply, replayed);
+    return { job };
+  }
+
+  private async vmExists(vmId: string): Promise<boolean> {
+    try {
+      await this.fleet.getVm(vmId);
+      return true;
+    } catch (error) {
+      if (error instanceof NotFoundError) return false;
+      throw error;
+    }
+  }
+}
