@@ -134,10 +134,31 @@ export function advanceOperation(
     changed = true;
   }
 
+  // Tracks whose next step must wait (for resources or the HKID lock): the other track still
+  // runs, since it may be what gives back what the waiting step needs (a cold reboot's new VM
+  // waits for the HKID its own teardown releases).
+  const blocked = new Map<Track, 'resources' | 'hkid_lock'>();
+  const blockedUntil = (): number => {
+    let until = Infinity;
+    for (const reason of blocked.values()) {
+      until = Math.min(
+        until,
+        reason === 'hkid_lock'
+          ? draft.hkidReleaseBusyUntilMs
+          : Math.min(now + options.pollMs, nextSettleAt(draft) ?? Infinity),
+      );
+    }
+    return until;
+  };
   for (;;) {
     const candidates = (['teardown', 'boot'] as const)
       .filter((t) => t === 'teardown' || op.bootReleased)
-      .filter((t) => op.tracks[t].next < trackSteps(op, t).length);
+      .filter((t) => op.tracks[t].next < trackSteps(op, t).length)
+      .filter((t) => !blocked.has(t));
+    const [firstBlocked] = blocked.values();
+    if (candidates.length === 0 && firstBlocked !== undefined) {
+      return waitOrCommit(blockedUntil(), firstBlocked);
+    }
     if (candidates.length === 0) {
       const end = Math.max(now, ...op.steps.map((s) => s.endsAtMs ?? 0));
       if (end > now) return waitOrCommit(end, 'step_running');
@@ -160,8 +181,8 @@ export function advanceOperation(
     }
     if (cursor.readyAtMs > now) {
       return waitOrCommit(
-        Math.min(cursor.readyAtMs, nextSettleAt(draft) ?? Infinity),
-        'step_running',
+        Math.min(cursor.readyAtMs, nextSettleAt(draft) ?? Infinity, blockedUntil()),
+        firstBlocked ?? 'step_running',
       );
     }
 
@@ -188,10 +209,11 @@ export function advanceOperation(
             errno: failed.errno,
           });
           changed = true;
+          blocked.clear();
           continue;
         }
-        const retryAt = Math.min(now + options.pollMs, nextSettleAt(draft) ?? Infinity);
-        return waitOrCommit(retryAt, 'resources');
+        blocked.set(track, 'resources');
+        continue;
       }
       record.state = 'failed';
       record.errno = failed.errno;
@@ -203,13 +225,21 @@ export function advanceOperation(
         errno: failed.errno,
       });
       changed = true;
+      blocked.clear();
       continue;
     }
 
     const releasesHkid = result.outcomes.some((o) => o.ok && o.effects.releasedHkid !== null);
     if (releasesHkid && draft.hkidReleaseBusyUntilMs > now) {
       // The kernel releases HKIDs under one global lock: wait for the release in progress.
-      return waitOrCommit(draft.hkidReleaseBusyUntilMs, 'hkid_lock');
+      // The wait counts like any other (waitedMs, and virtual time: the VM is down meanwhile).
+      if (cursor.waitingSinceMs === null) {
+        cursor.waitingSinceMs = now;
+        record.state = 'waiting';
+        changed = true;
+      }
+      blocked.set(track, 'hkid_lock');
+      continue;
     }
     const seconds = result.outcomes.reduce((sum, o) => sum + o.seconds, 0);
     const wallMs = op.timeScale > 0 ? (seconds / op.timeScale) * 1000 : 0;

@@ -49,7 +49,8 @@ export function hostCapacity(doc: HostDocument): HostCapacity {
   let freePages = sim.freePages + sim.inFlight.reduce((sum, r) => sum + r.pages, 0);
   let freeHkids = sim.freeHkids.length + sim.inFlight.reduce((sum, r) => sum + r.hkids.length, 0);
   for (const op of Object.values(doc.ops)) {
-    if (op.action !== 'boot') continue;
+    // A boot, or a reboot of a stopped VM (its plan is a boot): it will take memory and an HKID.
+    if (op.plan.intent.action !== 'boot') continue;
     const vm = doc.vms[op.vmId];
     if (vm === undefined) continue;
     freePages -= Math.max(

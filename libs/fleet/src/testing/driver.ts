@@ -1,0 +1,258 @@
+/**
+ * Spec helpers for the fleet: small hosts on chosen kernels, and drivers that play the part of
+ * the BullMQ workers with a fake clock: one operation driven to its end, or several operations
+ * on one host interleaved the way concurrent workers would run them. Not exported from the
+ * library's index; used by the `*.spec.ts` files only.
+ */
+import { GIB_BYTES, type KernelFeatures } from '#tdx-sim';
+import type { RebootStrategy, TerminateStrategy } from '#vmm';
+import {
+  type Advance,
+  type ExecutorOptions,
+  type FleetEvent,
+  advanceOperation,
+} from '../executor.js';
+import { type HostSpec, createHostDocument } from '../host-document.js';
+import type { HostDocument, OperationRecord } from '../model.js';
+import { createVm } from '../operations.js';
+
+/** Bytes in one MiB. */
+export const MIB = 1024 * 1024;
+export { GIB_BYTES };
+
+/** The mainline kernel: cold reboot and close only. */
+export const MAINLINE: KernelFeatures = {
+  terminateVm: 'none',
+  linkGuestMemfd: false,
+  privatePageSize: '4K',
+};
+/** TERMINATE v4 without linking: adds the terminate strategies. */
+export const V4: KernelFeatures = {
+  terminateVm: 'v4',
+  linkGuestMemfd: false,
+  privatePageSize: '4K',
+};
+/** TERMINATE v4 with guest_memfd linking: every strategy. */
+export const V4_LINK: KernelFeatures = {
+  terminateVm: 'v4',
+  linkGuestMemfd: true,
+  privatePageSize: '4K',
+};
+/** The August 2025 semantics with linking and 2 MiB leaves: every strategy. */
+export const AUG_LINK_2M: KernelFeatures = {
+  terminateVm: 'aug2025',
+  linkGuestMemfd: true,
+  privatePageSize: '2M',
+};
+
+/** Every combination of the three kernel switches (3 x 2 x 2 = 12). */
+export const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap(
+  (terminateVm) =>
+    [false, true].flatMap((linkGuestMemfd) =>
+      (['4K', '2M'] as const).map((privatePageSize) => ({
+        terminateVm,
+        linkGuestMemfd,
+        privatePageSize,
+      })),
+    ),
+);
+
+/** A short label for test names. */
+export function kernelLabel(kernel: KernelFeatures): string {
+  return `terminate=${kernel.terminateVm} link=${kernel.linkGuestMemfd ? 'on' : 'off'} ${kernel.privatePageSize}`;
+}
+
+/** Whether a host with `kernel` can reboot with `strategy`. */
+export function canReboot(kernel: KernelFeatures, strategy: RebootStrategy): boolean {
+  if (strategy === 'cold') return true;
+  if (kernel.terminateVm === 'none') return false;
+  return strategy === 'terminate' || kernel.linkGuestMemfd;
+}
+
+/** Whether a host with `kernel` can terminate with `strategy`. */
+export function canTerminate(kernel: KernelFeatures, strategy: TerminateStrategy): boolean {
+  return strategy === 'close' || kernel.terminateVm !== 'none';
+}
+
+/** A host document: 64 GiB, 8 HKIDs, 2 packages, 16 CPUs unless told otherwise. */
+export function makeHost(
+  kernel: KernelFeatures,
+  spec: Partial<Omit<HostSpec, 'kernel'>> = {},
+  nowMs = 0,
+): HostDocument {
+  return createHostDocument(
+    { id: 'h1', memoryGiB: 64, hkids: 8, packages: 2, cpus: 16, ...spec, kernel },
+    nowMs,
+  );
+}
+
+/** How the fake workers run: the executor's options without the clock. */
+export type RunOptions = Omit<ExecutorOptions, 'nowMs'>;
+
+/** The daemon's defaults: 1000x, 4 operations per host, 10 s of waiting, 50 ms polls. */
+export const DEFAULT_RUN: RunOptions = {
+  timeScale: 1000,
+  hostConcurrency: 4,
+  maxWaitMs: 10_000,
+  pollMs: 50,
+};
+
+/** The executor's options at `nowMs`. */
+export function at(nowMs: number, run: Partial<RunOptions> = {}): ExecutorOptions {
+  return { ...DEFAULT_RUN, ...run, nowMs };
+}
+
+/** One committed document, as the store would hold it from `atMs` on. */
+export interface CommitRecord {
+  atMs: number;
+  opId: string;
+  doc: HostDocument;
+  events: FleetEvent[];
+  finished: OperationRecord | null;
+  wakeAtMs: number;
+}
+
+/** One advance that had nothing to commit. */
+export interface WaitRecord {
+  atMs: number;
+  opId: string;
+  untilMs: number;
+  reason: Extract<Advance, { kind: 'wait' }>['reason'];
+}
+
+/** What a drive did. */
+export interface DriveResult {
+  /** The last committed document. */
+  doc: HostDocument;
+  /** The fake clock when the drive stopped. */
+  nowMs: number;
+  /** Operations that finished, by id, as the store would keep them. */
+  finished: Record<string, OperationRecord>;
+  commits: CommitRecord[];
+  waits: WaitRecord[];
+}
+
+/** Options of {@link driveAll}. */
+export interface DriveOptions {
+  run?: Partial<RunOptions>;
+  /** Called after every commit (for invariant checks). */
+  onCommit?: (commit: CommitRecord) => void;
+  /** Stop (with operations unfinished) once this returns true after a commit. */
+  stopWhen?: (commit: CommitRecord) => boolean;
+  /** Stop before advancing anything at a time later than this. */
+  untilMs?: number;
+  /** Guards against a loop that never ends. */
+  maxAdvances?: number;
+}
+
+/**
+ * One worker driving one operation with a fake clock: the loop of the executor's contract.
+ * Stops when the operation finishes (or `stopWhen`/`untilMs` says so).
+ */
+export function drive(
+  doc: HostDocument,
+  opId: string,
+  startMs: number,
+  options: DriveOptions = {},
+): DriveResult {
+  return driveAll(doc, [opId], startMs, options);
+}
+
+/**
+ * Several workers on one host: each operation has its own wake-up time; the clock jumps to the
+ * earliest one, and operations due at the same moment take turns (round-robin), each advance
+ * reading the latest committed document, as compare-and-set workers would.
+ */
+export function driveAll(
+  doc: HostDocument,
+  opIds: readonly string[],
+  startMs: number,
+  options: DriveOptions = {},
+): DriveResult {
+  const maxAdvances = options.maxAdvances ?? 100_000;
+  const nextAt = new Map(opIds.map((id) => [id, startMs]));
+  const result: DriveResult = { doc, nowMs: startMs, finished: {}, commits: [], waits: [] };
+  let turn = 0;
+  for (let advances = 0; nextAt.size > 0; advances++) {
+    if (advances >= maxAdvances) {
+      throw new Error(
+        `operations ${[...nextAt.keys()].join(', ')} still running after ${advances} advances`,
+      );
+    }
+    const pending = [...nextAt.entries()];
+    const earliest = Math.min(...pending.map(([, t]) => t));
+    const now = Math.max(result.nowMs, earliest);
+    if (options.untilMs !== undefined && now > options.untilMs) break;
+    result.nowMs = now;
+    // Among the operations due now, take turns.
+    const due = pending.filter(([, t]) => t <= now).map(([id]) => id);
+    const opId = due[turn % due.length];
+    turn += 1;
+    if (opId === undefined) throw new Error('no operation due');
+    const advance = advanceOperation(result.doc, opId, at(now, options.run));
+    if (advance.kind === 'wait') {
+      result.waits.push({ atMs: now, opId, untilMs: advance.untilMs, reason: advance.reason });
+      // Back when told; a wait that names no later time is retried a millisecond on.
+      nextAt.set(opId, advance.untilMs > now ? advance.untilMs : now + 1);
+      continue;
+    }
+    result.doc = { ...advance.doc, version: result.doc.version + 1 };
+    const commit: CommitRecord = {
+      atMs: now,
+      opId,
+      doc: result.doc,
+      events: advance.events,
+      finished: advance.finished,
+      wakeAtMs: advance.wakeAtMs,
+    };
+    result.commits.push(commit);
+    if (advance.finished !== null) {
+      result.finished[opId] = advance.finished;
+      nextAt.delete(opId);
+    } else {
+      nextAt.set(opId, Math.max(now, advance.wakeAtMs));
+    }
+    options.onCommit?.(commit);
+    if (options.stopWhen?.(commit) === true) break;
+  }
+  return result;
+}
+
+/** The document the store held at `atMs`: the last one committed at or before it. */
+export function docAt(
+  initial: HostDocument,
+  commits: readonly CommitRecord[],
+  atMs: number,
+): HostDocument {
+  let doc = initial;
+  for (const commit of commits) if (commit.atMs <= atMs) doc = commit.doc;
+  return doc;
+}
+
+/** The finished operation `opId` of a drive; throws when it did not finish. */
+export function finishedOp(result: DriveResult, opId: string): OperationRecord {
+  const op = result.finished[opId];
+  if (op === undefined) throw new Error(`operation ${opId} did not finish`);
+  return op;
+}
+
+/** A host with VMs booted and running (ids vm1, vm2...), each `memoryBytes` with `vcpus`. */
+export function hostWithVms(
+  host: HostDocument,
+  count: number,
+  shape: { vcpus: number; memoryBytes: number } = { vcpus: 2, memoryBytes: GIB_BYTES },
+  run: Partial<RunOptions> = {},
+): { doc: HostDocument; nowMs: number } {
+  let doc = host;
+  let nowMs = 0;
+  for (let i = 1; i <= count; i++) {
+    const created = createVm(doc, { vmId: `vm${i}`, opId: `boot-vm${i}`, nowMs, ...shape });
+    const driven = drive(created.doc, `boot-vm${i}`, nowMs, { run });
+    if (finishedOp(driven, `boot-vm${i}`).state !== 'succeeded') {
+      throw new Error(`boot of vm${i} did not succeed`);
+    }
+    doc = driven.doc;
+    nowMs = driven.nowMs;
+  }
+  return { doc, nowMs };
+}
