@@ -129,7 +129,10 @@ export function advanceOperation(
     changed = true;
     event('job.started');
   }
-  if (op.cancelRequested && op.cleanupReason === null) {
+  // A cancel stops the plan at the next step boundary; once every step has been applied there
+  // is nothing left to stop, and tearing the new VM down would only lose it.
+  const stepsLeft = op.steps.some((s) => s.state === 'pending' || s.state === 'waiting');
+  if (op.cancelRequested && op.cleanupReason === null && stepsLeft) {
     beginCleanup(op, draft, now, { code: 'cancelled', message: 'cancelled while running' });
     changed = true;
   }

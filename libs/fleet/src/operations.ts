@@ -254,6 +254,10 @@ export function submitOperation(
     }
     throw new InvalidRequestError(refusal.message);
   }
+  if (vm.handles === null && request.action === 'reboot') {
+    const problem = capacityProblem(doc, vm.vcpus, vm.memoryBytes);
+    if (problem !== null) throw new NoCapacityError(problem, { hostId: doc.id });
+  }
   if (vm.handles === null) {
     // A stopped VM has nothing to tear down: a reboot boots it, a terminate only records it.
     plan =
