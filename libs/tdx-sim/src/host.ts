@@ -103,8 +103,9 @@ export function applyCallsInPlace(state: HostState, calls: readonly SimCall[]): 
 function runBatch(state: HostState, calls: readonly SimCall[], inPlace: boolean): BatchResult {
   const draft = new Draft(state, inPlace);
   const outcomes: CallOutcome[] = [];
+  const tx = new Transaction(draft);
   for (const [index, call] of calls.entries()) {
-    const tx = new Transaction(draft);
+    tx.reset();
     try {
       const value = tx.run(call);
       outcomes.push({ ok: true, value, seconds: tx.seconds, effects: tx.finish() });
@@ -188,6 +189,30 @@ const NO_EFFECTS: CallEffects = Object.freeze({
 });
 
 type Table = 'vms' | 'files' | 'inodes' | 'mmaps';
+
+/** One change an in-place batch can undo. */
+type JournalEntry =
+  | { kind: 'object'; target: object; saved: object }
+  | { kind: 'entry'; record: Record<string, unknown>; key: number; old: unknown }
+  | { kind: 'list'; target: unknown[]; saved: unknown[] };
+
+function undo(entry: JournalEntry): void {
+  switch (entry.kind) {
+    case 'object': {
+      const target = entry.target as Record<string, unknown>;
+      for (const key of Object.keys(target)) if (!(key in entry.saved)) delete target[key];
+      Object.assign(target, entry.saved);
+      return;
+    }
+    case 'entry':
+      if (entry.old === undefined) delete entry.record[entry.key];
+      else entry.record[entry.key] = entry.old;
+      return;
+    case 'list':
+      entry.target.splice(0, entry.target.length, ...entry.saved);
+      return;
+  }
+}
 type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight';
 
 /**
@@ -202,7 +227,8 @@ class Draft {
   readonly cost: CostContext;
   /** Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. */
   private readonly owned = new WeakSet<object>();
-  private readonly journal: Array<() => void> | null;
+  /** In place: what to restore if a call is refused, newest last. */
+  private readonly journal: JournalEntry[] | null;
 
   constructor(base: HostState, inPlace: boolean) {
     if (inPlace) {
@@ -210,10 +236,8 @@ class Draft {
       const top = { ...base };
       const next = { ...base.next };
       this.journal = [
-        () => {
-          Object.assign(base, top);
-          Object.assign(base.next, next);
-        },
+        { kind: 'object', target: base, saved: top },
+        { kind: 'object', target: base.next, saved: next },
       ];
     } else {
       this.host = { ...base, next: { ...base.next } };
@@ -229,7 +253,10 @@ class Draft {
   /** Undoes everything the batch did (in place only; a copy-on-write draft is just dropped). */
   rollback(): void {
     if (this.journal === null) return;
-    for (let i = this.journal.length - 1; i >= 0; i -= 1) this.journal[i]?.();
+    for (let i = this.journal.length - 1; i >= 0; i -= 1) {
+      const entry = this.journal[i];
+      if (entry !== undefined) undo(entry);
+    }
   }
 
   /** Adds, replaces (`value`) or deletes (`undefined`) one entry of a table. */
@@ -242,12 +269,7 @@ class Draft {
         (this.host as unknown as Record<Table, unknown>)[table] = record;
       }
     } else {
-      const had = key in record;
-      const old = record[key];
-      this.journal.push(() => {
-        if (had && old !== undefined) record[key] = old;
-        else delete record[key];
-      });
+      this.journal.push({ kind: 'entry', record, key, old: record[key] });
     }
     if (value === undefined) delete record[key];
     else record[key] = value;
@@ -263,8 +285,7 @@ class Draft {
       this.host[name] = mine;
       return mine;
     }
-    const saved = [...list];
-    this.journal.push(() => list.splice(0, list.length, ...(saved as never[])));
+    this.journal.push({ kind: 'list', target: list, saved: [...list] });
     this.owned.add(list);
     return list;
   }
@@ -278,12 +299,7 @@ class Draft {
       place(mine);
       return mine;
     }
-    const saved = copy(value);
-    this.journal.push(() => {
-      for (const key of Object.keys(value))
-        if (!(key in saved)) delete (value as Record<string, unknown>)[key];
-      Object.assign(value, saved);
-    });
+    this.journal.push({ kind: 'object', target: value, saved: copy(value) });
     this.owned.add(value);
     return value;
   }
@@ -356,6 +372,13 @@ class Transaction {
 
   private get effects(): CallEffects {
     return (this.effectsDraft ??= noEffects());
+  }
+
+  /** Ready for the next call of the batch. */
+  reset(): void {
+    this.seconds = 0;
+    this.effectsDraft = null;
+    this.freedHkids = null;
   }
 
   /** Closes the call: what it freed goes in flight as one release. */

@@ -63,6 +63,7 @@ export interface PlanSummary {
 export interface PlanRun {
   ok: boolean;
   state: HostState;
+  /** The handles bound: after a success only the new VM's, after a failure all of them. */
   bindings: Bindings;
   timeline: StepRecord[];
   summary: PlanSummary;
@@ -136,7 +137,11 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
       hkidHeldSeconds: hasOldVm ? (hkidReleasedAt ?? end) : 0,
       totalSeconds: end,
     };
-    const run: PlanRun = { ok, state, bindings: Object.fromEntries(bindings), timeline, summary };
+    // The old VM's handles are all closed once a plan has succeeded: only the new ones are
+    // returned then. A failed run returns everything, open or not.
+    const result: Bindings = {};
+    for (const [name, value] of bindings) if (!ok || !name.startsWith('old.')) result[name] = value;
+    const run: PlanRun = { ok, state, bindings: result, timeline, summary };
     if (failure !== undefined) run.failure = failure;
     return run;
   };
