@@ -167,13 +167,18 @@ function reuseLayoutProblem(shape: VmShape, handles: VmHandles): string | null {
 
 /** Handle names of a VM's fds; the old VM of a reboot gets the `old.` prefix. */
 function names(prefix: '' | 'old.') {
-  return {
-    vm: `${prefix}vm`,
-    vcpu: (i: number) => `${prefix}vcpu.${i}`,
-    gmem: (j: number) => `${prefix}gmem.${j}`,
-    map: (j: number) => `${prefix}map.${j}`,
-  };
+  return NAMES[prefix];
 }
+
+/** Handle names are built once per index and shared: plans for big VMs name many vCPUs. */
+function nameSet(prefix: '' | 'old.') {
+  const cache = { vcpu: [] as string[], gmem: [] as string[], map: [] as string[] };
+  const named = (kind: keyof typeof cache) => (i: number) =>
+    (cache[kind][i] ??= `${prefix}${kind}.${i}`);
+  return { vm: `${prefix}vm`, vcpu: named('vcpu'), gmem: named('gmem'), map: named('map') };
+}
+
+const NAMES = { '': nameSet(''), 'old.': nameSet('old.') };
 
 /** The memory layout of a new VM: one guest_memfd behind slot 0 at GPA 0. */
 function layout(shape: VmShape): GuestMemfdHandle[] {
