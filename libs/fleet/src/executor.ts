@@ -44,6 +44,8 @@ export interface FleetEvent {
   step?: string;
   state?: string;
   errno?: Errno;
+  /** The call that returned `errno`. */
+  call?: string;
 }
 
 /** What to do next for an operation. */
@@ -199,9 +201,10 @@ export function advanceOperation(
           cursor.waitingSinceMs = now;
           record.state = 'waiting';
           record.errno = failed.errno;
+          record.call = calls[result.failedAt]?.op;
           record.message = failed.message;
           changed = true;
-          event('job.waiting', { step: step.name, errno: failed.errno });
+          event('job.waiting', { step: step.name, errno: failed.errno, call: record.call });
         }
         if (now - cursor.waitingSinceMs >= options.maxWaitMs) {
           record.state = 'failed';
@@ -220,6 +223,7 @@ export function advanceOperation(
       }
       record.state = 'failed';
       record.errno = failed.errno;
+      record.call = calls[result.failedAt]?.op;
       record.message = failed.message;
       beginCleanup(op, draft, now, {
         code: 'step_failed',
@@ -303,6 +307,9 @@ function addTotals(
     const e = outcome.effects;
     if (e.removedPages + e.reclaimedPages + e.freedPages > 0 || e.releasedHkid !== null) {
       op.totals.reclaimSeconds += outcome.seconds;
+      // A call is counted on the path that dominates it: removal is by far the dearer.
+      if (e.removedPages > 0) op.totals.removalSeconds += outcome.seconds;
+      else op.totals.teardownSeconds += outcome.seconds;
     }
     op.totals.reclaimedPages += e.removedPages + e.reclaimedPages;
     op.totals.freedPages += e.freedPages;

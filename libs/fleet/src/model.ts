@@ -1,4 +1,4 @@
-import type { Errno, HostState } from '#tdx-sim';
+import type { Errno, HostState, SimOp } from '#tdx-sim';
 import type {
   Bindings,
   Plan,
@@ -64,6 +64,8 @@ export interface JobStep {
   /** Real milliseconds spent waiting for an HKID or memory before it could run. */
   waitedMs: number;
   errno?: Errno;
+  /** The call that returned `errno`. */
+  call?: SimOp;
   message?: string;
   /** Cleanup steps added when the operation was cancelled or failed. */
   cleanup?: boolean;
@@ -82,6 +84,10 @@ export interface TrackCursor {
 /** The totals an operation adds up as its steps run. */
 export interface OperationTotals {
   reclaimSeconds: number;
+  /** The part of `reclaimSeconds` spent by Dynamic Page Removal (pages of a RUNNABLE TD). */
+  removalSeconds: number;
+  /** The part spent reclaiming pages of a TD in TEARDOWN (and releasing HKIDs). */
+  teardownSeconds: number;
   reclaimedPages: number;
   freedPages: number;
   reusedPages: number;

@@ -134,6 +134,8 @@ function newOperation(
     bindings: { ...fields.plan.initialBindings },
     totals: {
       reclaimSeconds: 0,
+      removalSeconds: 0,
+      teardownSeconds: 0,
       reclaimedPages: 0,
       freedPages: 0,
       reusedPages: 0,

@@ -29,9 +29,15 @@ export interface WorkerOptions extends RunnerOptions {
   lockDurationMs: number;
 }
 
-/** Hooks for metrics: called as jobs start, commit and end. */
+/** Hooks for metrics: called as jobs commit, start, end, retry and stall. */
 export interface WorkerHooks {
   committed?: RunObserver['committed'];
+  /** A worker of this process took a job that waited `waitedSeconds` in its queue. */
+  jobStarted?(queue: string, waitedSeconds: number | null): void;
+  /** An attempt at a job ended (done, put back or failed) after `ranSeconds`. */
+  jobEnded?(queue: string, ranSeconds: number): void;
+  jobRetried?(queue: string): void;
+  jobStalled?(queue: string): void;
 }
 
 /**
@@ -66,8 +72,10 @@ export class FleetWorkers {
 
   async start(): Promise<void> {
     const handlers: Record<typeof OPERATIONS_QUEUE | typeof BATCHES_QUEUE, Processor> = {
-      [OPERATIONS_QUEUE]: (job: Job, token?: string) => this.processOperation(job, token),
-      [BATCHES_QUEUE]: (job: Job, token?: string) => this.processBatch(job, token),
+      [OPERATIONS_QUEUE]: (job: Job, token?: string) =>
+        this.timed(OPERATIONS_QUEUE, job, () => this.processOperation(job, token)),
+      [BATCHES_QUEUE]: (job: Job, token?: string) =>
+        this.timed(BATCHES_QUEUE, job, () => this.processBatch(job, token)),
     };
     for (const [name, processor] of Object.entries(handlers)) {
       // Workers block on Redis: each gets its own connection, which must retry forever.
@@ -85,12 +93,19 @@ export class FleetWorkers {
         autorun: false,
       });
       worker.on('error', (error) => this.log.error({ err: error, queue: name }, 'worker error'));
-      worker.on('failed', (job, error) =>
+      worker.on('failed', (job, error) => {
+        if (error instanceof DelayedError) return;
+        const willRetry = job !== undefined && job.attemptsMade < (job.opts.attempts ?? 1);
+        if (willRetry) this.hooks.jobRetried?.(name);
         this.log.error(
-          { err: error, queue: name, jobId: job?.id, attempts: job?.attemptsMade },
-          'job failed',
-        ),
-      );
+          { err: error, queue: name, jobId: job?.id, attempts: job?.attemptsMade, willRetry },
+          'job attempt failed',
+        );
+      });
+      worker.on('stalled', (jobId) => {
+        this.hooks.jobStalled?.(name);
+        this.log.warn({ queue: name, jobId }, 'job stalled: its worker stopped; another takes it');
+      });
       this.workers.push(worker);
     }
     if (this.options.globalConcurrency !== null) {
@@ -129,6 +144,22 @@ export class FleetWorkers {
       }
     }
     return requeued;
+  }
+
+  /** Runs a processor, telling the hooks how long the job queued and how long it ran. */
+  private async timed<T>(queue: string, job: Job, process: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    // Only the first attempt's start measures the queue wait.
+    const waited =
+      job.attemptsMade === 0 && job.processedOn !== undefined
+        ? (job.processedOn - job.timestamp) / 1000
+        : null;
+    this.hooks.jobStarted?.(queue, waited);
+    try {
+      return await process();
+    } finally {
+      this.hooks.jobEnded?.(queue, (Date.now() - started) / 1000);
+    }
   }
 
   private async processOperation(job: Job, token: string | undefined): Promise<unknown> {

@@ -4,6 +4,7 @@ import {
   Injectable,
   Module,
   type OnApplicationBootstrap,
+  Optional,
 } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '#config';
 import { ReadinessService } from '#http';
@@ -13,8 +14,11 @@ import { FleetStore } from '#store';
 import type { Logger } from 'pino';
 import { FleetModule } from './fleet.module.js';
 import { FleetService } from './fleet.service.js';
-import { FleetWorkers } from './fleet-workers.js';
+import { FleetWorkers, type WorkerHooks } from './fleet-workers.js';
 import { FleetQueues } from './queues.js';
+
+/** Injection token of the hooks a process gives its workers (metrics); optional. */
+export const WORKER_HOOKS = Symbol('WORKER_HOOKS');
 
 /** How often a waiting step retries when nothing it knows of changes sooner (real ms). */
 const POLL_MS = 50;
@@ -35,6 +39,7 @@ export class WorkersLifecycle implements OnApplicationBootstrap, BeforeApplicati
     queues: FleetQueues,
     service: FleetService,
     readiness: ReadinessService,
+    @Optional() @Inject(WORKER_HOOKS) hooks: WorkerHooks | null,
   ) {
     this.workers = new FleetWorkers(
       store,
@@ -52,6 +57,7 @@ export class WorkersLifecycle implements OnApplicationBootstrap, BeforeApplicati
         pollMs: POLL_MS,
       },
       log,
+      hooks ?? {},
     );
     readiness.register('workers', () =>
       Promise.resolve(

@@ -1,0 +1,3 @@
+export * from './fleet-metrics.js';
+export * from './metrics.controller.js';
+export * from './metrics.module.js';

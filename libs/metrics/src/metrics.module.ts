@@ -1,0 +1,45 @@
+import { Global, Module } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '#config';
+import { FleetModule, FleetQueues, WORKER_HOOKS, type WorkerHooks } from '#queue';
+import { FleetStore } from '#store';
+import { FleetMetrics } from './fleet-metrics.js';
+import { MetricsController } from './metrics.controller.js';
+
+/** The process's metrics registry and its `/metrics` route. */
+@Global()
+@Module({
+  imports: [FleetModule],
+  controllers: [MetricsController],
+  providers: [
+    {
+      provide: FleetMetrics,
+      inject: [APP_CONFIG, FleetStore, FleetQueues],
+      useFactory: (config: AppConfig, store: FleetStore, queues: FleetQueues) =>
+        new FleetMetrics(
+          {
+            hosts: () => store.listHosts(),
+            queueCounts: () => queues.counts(),
+          },
+          { hostLabel: config.metricsHostLabel },
+        ),
+    },
+    {
+      // What this process's workers tell the metrics (a process without workers ignores it).
+      provide: WORKER_HOOKS,
+      inject: [FleetMetrics],
+      useFactory: (metrics: FleetMetrics): WorkerHooks => ({
+        committed: (advance) => {
+          metrics.observeEvents(advance.events);
+          if (advance.finished !== null) metrics.observeFinished(advance.finished);
+          return Promise.resolve();
+        },
+        jobStarted: (queue, waited) => metrics.observeJobWait(queue, waited),
+        jobEnded: (queue, ran) => metrics.observeJobRun(queue, ran),
+        jobRetried: (queue) => metrics.jobRetried(queue),
+        jobStalled: (queue) => metrics.jobStalled(queue),
+      }),
+    },
+  ],
+  exports: [FleetMetrics, WORKER_HOOKS],
+})
+export class MetricsModule {}
