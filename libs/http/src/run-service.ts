@@ -21,7 +21,7 @@ export const EXIT_FAILURE = 1;
 
 const SHUTDOWN_SIGNALS = ['SIGINT', 'SIGTERM'] as const;
 
-function describe(error: unknown): string {
+function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
@@ -45,7 +45,7 @@ function armShutdownDeadline(timeoutMs: number, log: Logger): void {
 
 async function failStart(log: Logger, error: unknown, what: string): Promise<never> {
   log.fatal({ err: error }, what);
-  process.stderr.write(`${what}: ${describe(error)}\n`);
+  process.stderr.write(`${what}: ${messageOf(error)}\n`);
   // Let the logger's stream drain before exiting.
   await new Promise<void>((resolve) => log.flush(() => resolve()));
   process.exit(EXIT_FAILURE);
