@@ -1,0 +1,461 @@
+// Benchmark of the daemon on a private redis-server, TIME_SCALE=0:
+//  (a) raw BullMQ: N no-op jobs added in bulk, run by a Worker with the daemon's concurrency;
+//  (b) end-to-end reboot jobs: N reboots of booted VMs, their jobs added in bulk, run by the
+//      daemon's workers (FleetWorkers, in process) with the same concurrency;
+//  (c) the API: POST /v1/vms/{id}/reboot against a fleetd process under a loopback load.
+//   npm run -s bench:daemon -- [--json] [--jobs N] [--vms-per-host N] [--api-seconds S]
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import autocannon from 'autocannon';
+import { Queue, Worker } from 'bullmq';
+import { CONFIG_DEFAULTS } from '#config';
+import {
+  type HostDocument,
+  type Strategy,
+  advanceOperation,
+  createHostDocument,
+  createVm,
+  submitOperation,
+} from '#fleet';
+import { FleetQueues, FleetService, FleetWorkers, type OperationJobData } from '#queue';
+import { type RedisServerHandle, findFreePort, startRedisServer } from '#redis';
+import { FleetStore } from '#store';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { spawnService, waitForStatus } from '../test/support/service-process.js';
+
+const GIB = 1024 ** 3;
+const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
+const STRATEGIES: Strategy[] = ['cold', 'terminate', 'reuse'];
+/** The daemon's defaults, so both measurements run with the same concurrency as `npm start`. */
+const CONCURRENCY = Number(CONFIG_DEFAULTS.WORKER_CONCURRENCY);
+const HOST_CONCURRENCY = Number(CONFIG_DEFAULTS.HOST_CONCURRENCY);
+/** The same job options the daemon's queues use (FleetQueues), for a fair comparison. */
+const JOB_OPTIONS = {
+  attempts: 20,
+  backoff: { type: 'exponential', delay: 500 },
+  removeOnComplete: { age: 24 * 3600, count: 10_000 },
+  removeOnFail: { age: 7 * 24 * 3600 },
+};
+const ADD_CHUNK = 1000;
+/** Upper bound on each measured phase, so a stuck run ends. */
+const PHASE_TIMEOUT_MS = 120_000;
+
+const { values } = parseArgs({
+  options: {
+    json: { type: 'boolean' },
+    jobs: { type: 'string' },
+    'vms-per-host': { type: 'string' },
+    'api-seconds': { type: 'string' },
+    'api-vms': { type: 'string' },
+    'api-connections': { type: 'string' },
+  },
+});
+
+function positive(name: string, value: string | undefined, fallback: number, max: number): number {
+  const parsed = value === undefined ? fallback : Number(value);
+  if (!Number.isSafeInteger(parsed) || parsed < 1 || parsed > max) {
+    process.stderr.write(`bench:daemon: --${name} must be an integer from 1 to ${max}\n`);
+    process.exit(2);
+  }
+  return parsed;
+}
+
+const JOBS = positive('jobs', values.jobs, 2000, 20_000);
+const VMS_PER_HOST = positive('vms-per-host', values['vms-per-host'], 8, 60);
+const API_SECONDS = positive('api-seconds', values['api-seconds'], 5, 60);
+const API_VMS = positive('api-vms', values['api-vms'], 256, 2000);
+const API_CONNECTIONS = positive('api-connections', values['api-connections'], 16, 256);
+
+const silent = pino({ level: 'silent' });
+
+/** What to stop if the run is interrupted (SIGINT, SIGTERM): child process groups, redis. */
+const onInterrupt = new Set<() => void>();
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const stop of onInterrupt) stop();
+    process.exit(130);
+  });
+}
+/** Progress: on stdout, or on stderr with --json (stdout then has the JSON line only). */
+const log = (line: string): void => {
+  (values.json === true ? process.stderr : process.stdout).write(`${line}\n`);
+};
+
+/** Waits until `count()` reaches `target`; returns the milliseconds from `startMs`. */
+async function until(startMs: number, target: number, count: () => Promise<number>) {
+  for (;;) {
+    const done = await count();
+    if (done >= target) return performance.now() - startMs;
+    if (performance.now() - startMs > PHASE_TIMEOUT_MS) {
+      throw new Error(`only ${done} of ${target} jobs done within ${PHASE_TIMEOUT_MS} ms`);
+    }
+    await sleep(5);
+  }
+}
+
+/** (a) N no-op jobs, added in bulk, run to completion by one Worker: jobs per second. */
+async function rawBullmq(url: string): Promise<number> {
+  const connection = new Redis(url, { maxRetriesPerRequest: null });
+  const workerConnection = new Redis(url, { maxRetriesPerRequest: null });
+  const prefix = '{bench-raw}';
+  const queue = new Queue('noop', { connection, prefix, defaultJobOptions: JOB_OPTIONS });
+  const worker = new Worker('noop', () => Promise.resolve({ ok: true }), {
+    connection: workerConnection,
+    prefix,
+    concurrency: CONCURRENCY,
+    autorun: false,
+  });
+  try {
+    void worker.run();
+    await worker.waitUntilReady();
+    const start = performance.now();
+    for (let i = 0; i < JOBS; i += ADD_CHUNK) {
+      const count = Math.min(ADD_CHUNK, JOBS - i);
+      await queue.addBulk(
+        Array.from({ length: count }, (_, k) => ({
+          name: 'noop',
+          data: { opId: `noop-${i + k}`, hostId: 'none' },
+          opts: { jobId: `noop-${i + k}` },
+        })),
+      );
+    }
+    const ms = await until(start, JOBS, () => queue.getCompletedCount());
+    return (JOBS / ms) * 1000;
+  } finally {
+    await worker.close();
+    await queue.obliterate({ force: true });
+    await queue.close();
+    await Promise.all([connection.quit(), workerConnection.quit()]);
+  }
+}
+
+/** Runs an operation to its end in pure virtual time: how the bench boots its VMs. */
+function runToEnd(doc: HostDocument, opId: string, nowMs: number): HostDocument {
+  let current = doc;
+  for (;;) {
+    const advance = advanceOperation(current, opId, {
+      nowMs,
+      timeScale: 0,
+      hostConcurrency: VMS_PER_HOST,
+      maxWaitMs: 0,
+      pollMs: 50,
+    });
+    if (advance.kind === 'wait') throw new Error(`boot of ${opId} waits (${advance.reason})`);
+    current = advance.doc;
+    if (advance.finished !== null) {
+      if (advance.finished.state !== 'succeeded') throw new Error(`boot of ${opId} failed`);
+      return current;
+    }
+  }
+}
+
+/**
+ * (b) N reboots (cold, terminate, reuse in turn) of booted VMs, their jobs added in bulk, run to
+ * completion by the daemon's workers in this process: jobs per second.
+ */
+async function rebootJobs(url: string): Promise<number> {
+  const storeRedis = new Redis(url);
+  const queueRedis = new Redis(url, { maxRetriesPerRequest: null });
+  const store = new FleetStore(storeRedis, 'bench-e2e');
+  const queues = new FleetQueues(queueRedis, store.keys.queuePrefix);
+  const service = new FleetService(store, queues);
+  const workers = new FleetWorkers(
+    store,
+    queues,
+    service,
+    {
+      redisUrl: url,
+      queuePrefix: store.keys.queuePrefix,
+      concurrency: CONCURRENCY,
+      globalConcurrency: null,
+      lockDurationMs: Number(CONFIG_DEFAULTS.JOB_LOCK_MS),
+      timeScale: 0,
+      hostConcurrency: HOST_CONCURRENCY,
+      stepWaitTimeoutMs: Number(CONFIG_DEFAULTS.STEP_WAIT_TIMEOUT_MS),
+      pollMs: 50,
+    },
+    silent,
+  );
+  try {
+    // Hosts with their VMs booted (in pure virtual time), stored before the workers start (their
+    // start-up reconcile looks for operations without a job: there are none yet).
+    const hosts = Math.ceil(JOBS / VMS_PER_HOST);
+    const vmsOf = (h: number): number => Math.min(VMS_PER_HOST, JOBS - h * VMS_PER_HOST);
+    const now = Date.now();
+    for (let h = 0; h < hosts; h += 1) {
+      const hostId = `host-${h}`;
+      let doc = createHostDocument(
+        {
+          id: hostId,
+          memoryGiB: 4 * vmsOf(h) + 16,
+          hkids: 63,
+          packages: 2,
+          cpus: 64,
+          kernel: KERNEL,
+        },
+        now,
+      );
+      for (let v = 0; v < vmsOf(h); v += 1) {
+        const vmId = `vm-${h}-${v}`;
+        doc = createVm(doc, {
+          vmId,
+          opId: `boot-${vmId}`,
+          vcpus: 2,
+          memoryBytes: 2 * GIB,
+          nowMs: now,
+        }).doc;
+        doc = runToEnd(doc, `boot-${vmId}`, now);
+        await store.indexVm(vmId, hostId);
+      }
+      await store.createHost(doc);
+    }
+    await workers.start();
+    // Every reboot recorded in its host's document (one compare-and-set per host, as the API
+    // would do one per request): only the jobs are left to add, in bulk, timed.
+    const jobs: OperationJobData[] = [];
+    for (let h = 0; h < hosts; h += 1) {
+      const hostId = `host-${h}`;
+      await store.update(hostId, (current) => {
+        let next = current;
+        for (let v = 0; v < vmsOf(h); v += 1) {
+          next = submitOperation(next, {
+            opId: `reboot-${h}-${v}`,
+            vmId: `vm-${h}-${v}`,
+            action: 'reboot',
+            strategy: STRATEGIES[(h + v) % STRATEGIES.length] ?? 'cold',
+            nowMs: Date.now(),
+          }).doc;
+        }
+        return { doc: next, value: null };
+      });
+      for (let v = 0; v < vmsOf(h); v += 1) {
+        jobs.push({ opId: `reboot-${h}-${v}`, hostId });
+        await store.indexJob(`reboot-${h}-${v}`, hostId);
+      }
+    }
+    const start = performance.now();
+    for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
+      await queues.operations.addBulk(
+        jobs.slice(i, i + ADD_CHUNK).map((data) => ({
+          name: 'operation',
+          data,
+          opts: { jobId: data.opId },
+        })),
+      );
+    }
+    const ms = await until(start, jobs.length, () => queues.operations.getCompletedCount());
+    // Every reboot must have succeeded for the number to mean anything.
+    const failed: string[] = [];
+    for (const { opId } of jobs) {
+      const op = await store.getJob(opId);
+      if (op?.state !== 'succeeded') failed.push(`${opId}: ${op?.state ?? 'missing'}`);
+    }
+    if (failed.length > 0) {
+      throw new Error(`${failed.length} reboots did not succeed: ${failed.slice(0, 5).join(', ')}`);
+    }
+    return (jobs.length / ms) * 1000;
+  } finally {
+    await workers.stop();
+    await queues.close();
+    await Promise.all([storeRedis.quit(), queueRedis.quit()]);
+  }
+}
+
+interface ApiReport {
+  requestsPerSecond: number;
+  p99Ms: number;
+  statusCounts: Record<string, number>;
+  vms: number;
+  connections: number;
+  seconds: number;
+}
+
+async function post(url: string, body: unknown): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, json: await response.json() };
+}
+
+/**
+ * (c) A fleetd process (API + workers, TIME_SCALE=0) on this Redis; `API_VMS` booted VMs; then
+ * autocannon POSTs reboots over them round-robin for `API_SECONDS` on loopback. A VM that is
+ * still rebooting answers 409, so 202 and 409 are counted apart.
+ */
+async function apiLoad(url: string): Promise<ApiReport> {
+  const port = await findFreePort();
+  const base = `http://127.0.0.1:${port}`;
+  const fleetd = spawnService('dist/apps/fleetd/src/main.js', {
+    REDIS_URL: url,
+    PORT: String(port),
+    TIME_SCALE: '0',
+    KEY_PREFIX: 'bench-api',
+    LOG_LEVEL: 'warn',
+    SHUTDOWN_TIMEOUT_MS: '5000',
+  });
+  const killFleetd = (): void => fleetd.killGroup();
+  onInterrupt.add(killFleetd);
+  try {
+    await waitForStatus(`${base}/readyz`, 200, 30_000, () => fleetd.child.exitCode === null);
+    // Few VMs per host, and consecutive requests on different hosts: requests to one host
+    // serialise on its document's compare-and-set.
+    const perHost = 8;
+    const hosts = Math.ceil(API_VMS / perHost);
+    for (let h = 0; h < hosts; h += 1) {
+      const created = await post(`${base}/v1/hosts`, {
+        id: `api-host-${h}`,
+        memoryGiB: 4 * perHost + 16,
+        hkids: 63,
+        packages: 2,
+        cpus: 64,
+        kernel: KERNEL,
+      });
+      if (created.status !== 201) {
+        throw new Error(
+          `POST /v1/hosts answered ${created.status}: ${JSON.stringify(created.json)}`,
+        );
+      }
+    }
+    const vmIds: string[] = [];
+    const bootJobs: string[] = [];
+    for (let v = 0; v < API_VMS; v += 1) {
+      const id = `api-vm-${v}`;
+      const created = await post(`${base}/v1/vms`, {
+        id,
+        hostId: `api-host-${v % hosts}`,
+        vcpus: 2,
+        memoryGiB: 2,
+      });
+      if (created.status !== 202) {
+        throw new Error(`POST /v1/vms answered ${created.status}: ${JSON.stringify(created.json)}`);
+      }
+      vmIds.push(id);
+      bootJobs.push((created.json as { job: { id: string } }).job.id);
+    }
+    const bootDeadline = performance.now() + PHASE_TIMEOUT_MS;
+    for (const jobId of bootJobs) {
+      for (;;) {
+        const response = await fetch(`${base}/v1/jobs/${jobId}`);
+        const job = (await response.json()) as { state?: string };
+        if (job.state === 'succeeded') break;
+        if (job.state === 'failed' || job.state === 'cancelled') {
+          throw new Error(`boot job ${jobId} ${job.state}`);
+        }
+        if (performance.now() > bootDeadline) throw new Error(`boot job ${jobId} is stuck`);
+        await sleep(20);
+      }
+    }
+
+    let next = 0;
+    const result = await autocannon({
+      url: base,
+      connections: API_CONNECTIONS,
+      duration: API_SECONDS,
+      requests: [
+        {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          setupRequest: (request) => {
+            const vmId = vmIds[next % vmIds.length] ?? 'api-vm-0';
+            const strategy = STRATEGIES[Math.floor(next / vmIds.length) % STRATEGIES.length];
+            next += 1;
+            return {
+              ...request,
+              path: `/v1/vms/${vmId}/reboot`,
+              body: JSON.stringify({ strategy }),
+            };
+          },
+        },
+      ],
+    });
+    const statusCounts: Record<string, number> = {};
+    const stats = (result as { statusCodeStats?: Record<string, { count: number }> })
+      .statusCodeStats;
+    for (const [code, { count }] of Object.entries(stats ?? {})) statusCounts[code] = count;
+    if (result.errors > 0) statusCounts['errors'] = result.errors;
+    if (result.timeouts > 0) statusCounts['timeouts'] = result.timeouts;
+    return {
+      requestsPerSecond: result.requests.average,
+      p99Ms: result.latency.p99,
+      statusCounts,
+      vms: API_VMS,
+      connections: API_CONNECTIONS,
+      seconds: API_SECONDS,
+    };
+  } finally {
+    fleetd.child.kill('SIGTERM');
+    await fleetd.exited(10_000).catch(() => undefined);
+    fleetd.killGroup();
+    onInterrupt.delete(killFleetd);
+  }
+}
+
+const round = (n: number, digits = 1): number => Number(n.toFixed(digits));
+
+let redisDir: string | undefined;
+let redis: RedisServerHandle | undefined;
+try {
+  redisDir = await mkdtemp(join(tmpdir(), 'tdxfleet-bench-redis-'));
+  redis = await startRedisServer({ dir: redisDir, appendOnly: false });
+  const redisPid = redis.pid;
+  onInterrupt.add(() => {
+    try {
+      process.kill(redisPid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
+  log(`redis-server ${redis.url}; ${JOBS} jobs; worker concurrency ${CONCURRENCY}`);
+  const raw = await rawBullmq(redis.url);
+  log(`raw BullMQ no-op jobs: ${round(raw)} jobs/s`);
+  const reboots = await rebootJobs(redis.url);
+  log(
+    `reboot jobs end to end: ${round(reboots)} jobs/s (${VMS_PER_HOST} VMs per host, host concurrency ${HOST_CONCURRENCY})`,
+  );
+  log(
+    `API: fleetd with TIME_SCALE=0, ${API_VMS} VMs, ${API_CONNECTIONS} connections, ${API_SECONDS} s`,
+  );
+  const api = await apiLoad(redis.url);
+  const report = {
+    rawBullmqJobsPerSecond: round(raw),
+    rebootJobsPerSecond: round(reboots),
+    ratio: round(reboots / raw, 3),
+    api: {
+      requestsPerSecond: round(api.requestsPerSecond),
+      p99Ms: api.p99Ms,
+      statusCounts: api.statusCounts,
+    },
+    settings: {
+      jobs: JOBS,
+      workerConcurrency: CONCURRENCY,
+      hostConcurrency: HOST_CONCURRENCY,
+      vmsPerHost: VMS_PER_HOST,
+      timeScale: 0,
+      api: { vms: api.vms, connections: api.connections, seconds: api.seconds },
+    },
+  };
+  if (values.json === true) {
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+  } else {
+    log(`ratio: ${report.ratio} (target >= 0.5)`);
+    log(
+      `API POST /v1/vms/{id}/reboot: ${report.api.requestsPerSecond} requests/s, ` +
+        `p99 ${report.api.p99Ms} ms, statuses ${JSON.stringify(report.api.statusCounts)} ` +
+        `(${api.connections} connections over ${api.vms} VMs for ${api.seconds} s)`,
+    );
+  }
+} catch (error) {
+  process.stderr.write(
+    `bench:daemon failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exitCode = 1;
+} finally {
+  await redis?.stop();
+  if (redisDir !== undefined) await rm(redisDir, { recursive: true, force: true });
+}
