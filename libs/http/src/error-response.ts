@@ -95,6 +95,16 @@ function domainError(
   return { code, status, message: exception.message, details };
 }
 
+/**
+ * ioredis gave up on a command because Redis does not answer (retries exhausted, timed out, or
+ * the connection is down): the request could not be served now, which is not a fault of ours.
+ */
+function isRedisUnreachable(exception: unknown): boolean {
+  if (!(exception instanceof Error)) return false;
+  if (exception.name === 'MaxRetriesPerRequestError') return true;
+  return /^(Connection is closed|Command timed out|Stream isn't writeable)/.test(exception.message);
+}
+
 /** Turns anything thrown while serving a request into the one error shape. */
 export function toErrorResponse(exception: unknown): ErrorResponse {
   if (exception instanceof ApiError) {
@@ -109,6 +119,9 @@ export function toErrorResponse(exception: unknown): ErrorResponse {
   const domain = domainError(exception);
   if (domain !== undefined) {
     return response(domain.status, domain.code, domain.message, domain.details);
+  }
+  if (isRedisUnreachable(exception)) {
+    return response(503, 'redis_unavailable', 'Redis does not answer; try again later');
   }
   if (exception instanceof ZodError) {
     const issues = exception.issues.map((issue) => ({
