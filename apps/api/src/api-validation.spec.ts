@@ -273,3 +273,26 @@ describe('API input validation (API only)', () => {
     );
   });
 });
+
+describe('API when Redis goes away', () => {
+  it('answers 503 redis_unavailable, not 500', async () => {
+    const doomed = await startTestRedis();
+    const app = await startApiApp({ redisUrl: doomed.url, keyPrefix: 'api-down', workers: false });
+    try {
+      const api = new ApiClient(app.baseUrl);
+      await api.expect(api.post('/v1/hosts', { id: 'h', memoryGiB: 8 }), 201, hostViewSchema);
+      await doomed.stop();
+      for (const path of ['/v1/hosts', '/v1/jobs/j']) {
+        assertError(await api.get(path), 503, 'redis_unavailable');
+      }
+      assertError(
+        await api.post('/v1/vms', { hostId: 'h', vcpus: 1, memoryGiB: 1 }),
+        503,
+        'redis_unavailable',
+      );
+    } finally {
+      await app.close();
+      await doomed.stop();
+    }
+  });
+});
