@@ -245,6 +245,90 @@ async function runScenario(
   }
 }
 
+/**
+ * Two workers (8 slots each) with HOST_CONCURRENCY=1 and GLOBAL_CONCURRENCY=2, a reboot of every
+ * VM at once: the most operations seen running at once, in all and on one host.
+ */
+async function runLimited(redisUrl: string): Promise<{
+  maxRunning: number;
+  maxOnOneHost: number;
+  states: string[];
+  problems: string[];
+}> {
+  const prefix = 'limits';
+  const env = {
+    TIME_SCALE: '2000',
+    WORKER_CONCURRENCY: '8',
+    HOST_CONCURRENCY: '1',
+    GLOBAL_CONCURRENCY: '2',
+  };
+  const fleet = connectFleet(redisUrl, prefix);
+  const processes: WorkerProcess[] = [];
+  const problems: string[] = [];
+  let maxRunning = 0;
+  let maxOnOneHost = 0;
+  try {
+    processes.push(
+      await startWorker(redisUrl, prefix, env),
+      await startWorker(redisUrl, prefix, env),
+    );
+    const boots: string[] = [];
+    for (const host of HOSTS) {
+      await fleet.service.createHost({
+        id: host.id,
+        memoryGiB: 64,
+        hkids: 16,
+        packages: 2,
+        cpus: 64,
+        kernel: host.kernel,
+      });
+      for (const [index, shape] of VM_SHAPES.entries()) {
+        const { job } = await fleet.service.createVm({
+          id: `vm-${host.id}-${index}`,
+          hostId: host.id,
+          vcpus: shape.vcpus,
+          memoryBytes: shape.memoryGiB * GIB,
+        });
+        boots.push(job.id);
+      }
+    }
+    const observe = async (): Promise<void> => {
+      let running = 0;
+      for (const doc of await sampleHosts(fleet.store, problems)) {
+        const onHost = Object.values(doc.ops).filter((op) => op.state === 'running').length;
+        maxOnOneHost = Math.max(maxOnOneHost, onHost);
+        running += onHost;
+      }
+      maxRunning = Math.max(maxRunning, running);
+    };
+    const booted = await waitForJobs(fleet, boots, {
+      timeoutMs: 30_000,
+      problems,
+      pollMs: 5,
+      onPoll: observe,
+    });
+    const reboots = await Promise.all(
+      HOSTS.flatMap((host) =>
+        VM_SHAPES.map(async (_, index) => {
+          const vmId = `vm-${host.id}-${index}`;
+          return (await fleet.service.submit(vmId, 'reboot', 'cold')).job.id;
+        }),
+      ),
+    );
+    const rebooted = await waitForJobs(fleet, reboots, {
+      timeoutMs: 30_000,
+      problems,
+      pollMs: 5,
+      onPoll: observe,
+    });
+    const states = [...booted.values(), ...rebooted.values()].map((op) => op.state);
+    return { maxRunning, maxOnOneHost, states, problems };
+  } finally {
+    for (const proc of processes) proc.killGroup();
+    await fleet.close();
+  }
+}
+
 describe('worker processes on one Redis', () => {
   let redis: TestRedis;
   let reference: Outcome;
@@ -280,6 +364,18 @@ describe('worker processes on one Redis', () => {
       'rounds: boot, cold, terminate, reuse, then terminated',
     );
     reference = outcome;
+  });
+
+  it('two workers keep HOST_CONCURRENCY and GLOBAL_CONCURRENCY between them', async () => {
+    const run = await runLimited(redis.url);
+    assert.deepEqual(run.problems, []);
+    assert.ok(
+      run.states.every((s) => s === 'succeeded'),
+      run.states.join(', '),
+    );
+    assert.ok(run.maxOnOneHost <= 1, `at most 1 running per host, saw ${run.maxOnOneHost}`);
+    assert.ok(run.maxRunning <= 2, `at most 2 running in all, saw ${run.maxRunning}`);
+    assert.ok(run.maxRunning >= 1, 'operations were seen running');
   });
 
   it('two workers at TIME_SCALE=0 give the same outcome as one', async () => {
