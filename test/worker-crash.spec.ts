@@ -8,6 +8,7 @@ import {
   type HostDocument,
   type HostSpec,
   type OperationRecord,
+  type Strategy,
   advanceOperation,
   createHostDocument,
   createVm,
@@ -18,6 +19,7 @@ import {
   type WorkerProcess,
   connectFleet,
   documentProblems,
+  sampleHosts,
   settledUsage,
   startWorker,
   waitForJobs,
@@ -131,6 +133,84 @@ async function waitForJobPoint(
     await sleep(10);
   }
   throw new Error(`job ${jobId} did not reach ${what} within 20 s`);
+}
+
+/** A small fleet for the storm: three kernels, four VMs each. */
+const STORM_HOSTS: HostSpec[] = [
+  { ...HOST, id: 'h-mainline' },
+  {
+    ...HOST,
+    id: 'h-v4',
+    kernel: { terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
+  },
+  {
+    ...HOST,
+    id: 'h-aug2025',
+    kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+  },
+];
+const STORM_VM_GIB = [2, 4, 6, 8];
+
+function stormStrategy(host: HostSpec, index: number): Strategy {
+  const allowed: Strategy[] =
+    host.kernel.terminateVm === 'none'
+      ? ['cold']
+      : host.kernel.linkGuestMemfd
+        ? ['cold', 'terminate', 'reuse']
+        : ['cold', 'terminate'];
+  return allowed[index % allowed.length] ?? 'cold';
+}
+
+/** The storm's VMs and hosts after one reboot each, in pure virtual time. */
+function stormReference(): Map<string, HostDocument> {
+  const docs = new Map<string, HostDocument>();
+  for (const host of STORM_HOSTS) {
+    let doc = createHostDocument(host, 0);
+    for (const [index, gib] of STORM_VM_GIB.entries()) {
+      const vmId = `vm-${host.id}-${index}`;
+      doc = createVm(doc, {
+        vmId,
+        opId: `boot-${vmId}`,
+        vcpus: 2,
+        memoryBytes: gib * GIB,
+        nowMs: 0,
+      }).doc;
+      doc = runToEnd(doc, `boot-${vmId}`).doc;
+    }
+    for (const [index] of STORM_VM_GIB.entries()) {
+      const vmId = `vm-${host.id}-${index}`;
+      doc = submitOperation(doc, {
+        opId: `reboot-${vmId}`,
+        vmId,
+        action: 'reboot',
+        strategy: stormStrategy(host, index),
+        nowMs: 1,
+      }).doc;
+      doc = runToEnd(doc, `reboot-${vmId}`).doc;
+    }
+    docs.set(host.id, doc);
+  }
+  return docs;
+}
+
+/** A host's VMs and usage, as much as must match between two runs of the same operations. */
+function hostOutcome(doc: HostDocument) {
+  return {
+    vms: Object.values(doc.vms)
+      .sort((a, b) => a.id.localeCompare(b.id))
+      .map((vm) => ({
+        id: vm.id,
+        state: vm.state,
+        generation: vm.generation,
+        activeJob: vm.activeJob,
+        guestMemfds: vm.guestMemfds.map((g) => ({
+          bytes: g.bytes,
+          firstBootGeneration: g.firstBootGeneration,
+        })),
+      })),
+    ops: Object.keys(doc.ops).length,
+    usage: settledUsage(doc, Number.MAX_SAFE_INTEGER),
+  };
 }
 
 describe('a worker dies or stops in the middle of a reboot', () => {
@@ -306,6 +386,103 @@ describe('a worker dies or stops in the middle of a reboot', () => {
     } finally {
       first.killGroup();
       second?.killGroup();
+      await fleet.close();
+    }
+  });
+
+  it('a reboot storm with the worker SIGKILLed three times: every job done once, state as without', async () => {
+    const prefix = 'storm';
+    // At 50x an 8 GiB cold reboot on mainline takes ~0.7 s: kills land mid-operation.
+    const env = { TIME_SCALE: '50', JOB_LOCK_MS: '1000', HOST_CONCURRENCY: '2' };
+    const fleet = connectFleet(redis.url, prefix);
+    const problems: string[] = [];
+    let worker = await startWorker(redis.url, prefix, env);
+    const started: WorkerProcess[] = [worker];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        await sampleHosts(fleet.store, problems);
+        await sleep(5);
+      }
+    })();
+    try {
+      const boots: string[] = [];
+      for (const host of STORM_HOSTS) {
+        await fleet.service.createHost(host);
+        for (const [index, gib] of STORM_VM_GIB.entries()) {
+          const { job } = await fleet.service.createVm({
+            id: `vm-${host.id}-${index}`,
+            hostId: host.id,
+            vcpus: 2,
+            memoryBytes: gib * GIB,
+          });
+          boots.push(job.id);
+        }
+      }
+      await waitForJobs(fleet, boots, { timeoutMs: 20_000, problems });
+      const reboots = await Promise.all(
+        STORM_HOSTS.flatMap((host) =>
+          STORM_VM_GIB.map(async (_, index) => {
+            const vmId = `vm-${host.id}-${index}`;
+            const { job } = await fleet.service.submit(vmId, 'reboot', stormStrategy(host, index));
+            return job.id;
+          }),
+        ),
+      );
+      // Three times: once the current worker has made progress, let it run a little, then
+      // SIGKILL it and start another.
+      const progress = async (): Promise<{ steps: number; open: number }> => {
+        const ops = await Promise.all(reboots.map((id) => fleet.store.getJob(id)));
+        return {
+          steps: ops.reduce((sum, op) => sum + stepsDone(op), 0),
+          open: ops.filter((op) => op !== null && op.finishedAtMs === null).length,
+        };
+      };
+      let kills = 0;
+      let killedMidOperation = 0;
+      let before = (await progress()).steps;
+      for (const delayMs of [40, 120, 80]) {
+        const deadline = performance.now() + 10_000;
+        let now = await progress();
+        while (now.open > 0 && now.steps === before && performance.now() < deadline) {
+          await sleep(5);
+          now = await progress();
+        }
+        if (now.open === 0) break;
+        await sleep(delayMs);
+        worker.killGroup();
+        await worker.exited(5000);
+        kills += 1;
+        const atKill = await progress();
+        if (atKill.open > 0) killedMidOperation += 1;
+        before = atKill.steps;
+        worker = await startWorker(redis.url, prefix, env);
+        started.push(worker);
+      }
+      const finished = await waitForJobs(fleet, reboots, { timeoutMs: 30_000, problems });
+      assert.equal(kills, 3, 'the worker was killed three times');
+      assert.equal(killedMidOperation, 3, 'each kill left operations unfinished');
+      for (const op of finished.values()) {
+        assert.equal(op.state, 'succeeded', `${op.vmId}: ${JSON.stringify(op.error)}`);
+        assert.ok(
+          op.steps.every((s) => s.state === 'done' && s.cleanup !== true),
+          `${op.vmId}: every step done once, no cleanup`,
+        );
+        assert.equal(op.steps.length, op.plan.steps.length);
+      }
+      sampling = false;
+      await sampler;
+      assert.deepEqual(problems, [], 'every document sound throughout');
+      const reference = stormReference();
+      for (const doc of await fleet.store.listHosts()) {
+        const expected = reference.get(doc.id);
+        assert.ok(expected !== undefined);
+        assert.deepEqual(hostOutcome(doc), hostOutcome(expected), `host ${doc.id}`);
+      }
+    } finally {
+      sampling = false;
+      await sampler;
+      for (const proc of started) proc.killGroup();
       await fleet.close();
     }
   });
