@@ -1,4 +1,5 @@
 import { type DynamicModule, Module } from '@nestjs/common';
+import { MetricsModule } from '#metrics';
 import { FleetModule } from '#queue';
 import { BatchesController } from './batches.controller.js';
 import {
@@ -17,7 +18,7 @@ import { VmsController } from './vms.controller.js';
  * this process depends on whether the app also has the workers (fleetd) or not (api).
  */
 @Module({
-  imports: [FleetModule],
+  imports: [FleetModule, MetricsModule],
   controllers: [
     HostsController,
     VmsController,

@@ -8,7 +8,7 @@ import {
   ApiResponse,
   ApiTags,
 } from '@nestjs/swagger';
-import { FleetError, InvalidRequestError, type JobView, NotFoundError, type VmView } from '#fleet';
+import type { JobView, VmView } from '#fleet';
 import { FleetService, type Idempotency } from '#queue';
 import { ApiErrors, ApiIdempotent } from './api-responses.decorator.js';
 import { IdempotencyKey, markReplayed, type ReplyHeaders } from './idempotency.decorator.js';
@@ -24,14 +24,6 @@ import {
   vmStateSchema,
 } from './vm.dto.js';
 import { ZodValidationPipe } from './zod-validation.pipe.js';
-
-/** A VM id that is taken. */
-class VmExistsError extends FleetError {
-  constructor(vmId: string) {
-    super('already_exists', `a VM with id ${vmId} exists already`, { vmId });
-    this.name = 'VmExistsError';
-  }
-}
 
 const BUSY_OR_KERNEL: [number, string] = [
   409,
@@ -70,17 +62,9 @@ export class VmsController {
       vcpus: body.vcpus,
       memoryBytes: memoryBytesOf(body),
     };
-    try {
-      const { vm, job, replayed } = await this.fleet.createVm(input, idempotency);
-      markReplayed(reply, replayed);
-      return { vm, job };
-    } catch (error) {
-      // The service refuses a taken VM id as an invalid request; to a client it is a conflict.
-      if (error instanceof InvalidRequestError && body.id !== undefined) {
-        if (await this.vmExists(body.id)) throw new VmExistsError(body.id);
-      }
-      throw error;
-    }
+    const { vm, job, replayed } = await this.fleet.createVm(input, idempotency);
+    markReplayed(reply, replayed);
+    return { vm, job };
   }
 
   @Get()
@@ -146,15 +130,5 @@ export class VmsController {
     const { job, replayed } = await this.fleet.submit(id, 'terminate', body.strategy, idempotency);
     markReplayed(reply, replayed);
     return { job };
-  }
-
-  private async vmExists(vmId: string): Promise<boolean> {
-    try {
-      await this.fleet.getVm(vmId);
-      return true;
-    } catch (error) {
-      if (error instanceof NotFoundError) return false;
-      throw error;
-    }
   }
 }

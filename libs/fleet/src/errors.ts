@@ -93,3 +93,11 @@ export class IdempotencyConflictError extends FleetError {
     this.name = 'IdempotencyConflictError';
   }
 }
+
+/** A VM id that is taken. */
+export class VmExistsError extends FleetError {
+  constructor(vmId: string) {
+    super('already_exists', `a VM with id ${vmId} exists already`, { vmId });
+    this.name = 'VmExistsError';
+  }
+}

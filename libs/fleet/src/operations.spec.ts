@@ -13,6 +13,7 @@ import {
   NoCapacityError,
   NotFoundError,
   VmBusyError,
+  VmExistsError,
   VmStateConflictError,
 } from './errors.js';
 import type { HostDocument, Strategy } from './model.js';
@@ -283,7 +284,7 @@ describe('createVm', () => {
     refused(
       doc,
       (d) => createVm(d, { vmId: 'vm1', opId: 'x', vcpus: 1, memoryBytes: GIB_BYTES, nowMs: 0 }),
-      InvalidRequestError,
+      VmExistsError,
     );
   });
 

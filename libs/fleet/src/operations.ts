@@ -15,6 +15,7 @@ import {
   NoCapacityError,
   NotFoundError,
   VmBusyError,
+  VmExistsError,
   VmStateConflictError,
 } from './errors.js';
 import type {
@@ -176,9 +177,7 @@ export function createVm(
   request: CreateVmRequest,
 ): { doc: HostDocument; vm: VmRecord; op: OperationRecord } {
   const shape = checkShape(request.vcpus, request.memoryBytes);
-  if (doc.vms[request.vmId] !== undefined) {
-    throw new InvalidRequestError(`a VM with id ${request.vmId} exists already`);
-  }
+  if (doc.vms[request.vmId] !== undefined) throw new VmExistsError(request.vmId);
   const problem = capacityProblem(doc, request.vcpus, request.memoryBytes);
   if (problem !== null) throw new NoCapacityError(problem, { hostId: doc.id });
   const vm: VmRecord = {

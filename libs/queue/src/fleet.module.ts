@@ -1,8 +1,10 @@
 import { Global, Inject, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '#config';
+import { LOGGER } from '#logging';
 import { RedisConnection } from '#redis';
 import { FleetStore } from '#store';
 import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 import { FleetService } from './fleet.service.js';
 import { FleetQueues } from './queues.js';
 
@@ -18,14 +20,29 @@ export class FleetConnections implements OnApplicationShutdown {
   private readonly storeConnection: Redis;
   private readonly queueConnection: Redis;
 
-  constructor(@Inject(APP_CONFIG) config: AppConfig, redis: RedisConnection) {
+  constructor(
+    @Inject(APP_CONFIG) config: AppConfig,
+    @Inject(LOGGER) log: Logger,
+    redis: RedisConnection,
+  ) {
     // Commands fail after a couple of retries instead of queueing while Redis is away: the API
     // answers 503 and the workers retry the job.
     const options = { maxRetriesPerRequest: 2, connectTimeout: 2000, commandTimeout: 5000 };
     this.storeConnection = new Redis(redis.url, options);
     this.queueConnection = new Redis(redis.url, options);
     this.store = new FleetStore(this.storeConnection, config.keyPrefix);
+    // A Redis that goes away is logged once per kind of failure, not once per retry.
+    let lastError = '';
+    const logError = (what: string) => (error: Error) => {
+      if (error.message === lastError) return;
+      lastError = error.message;
+      log.warn({ err: error }, `${what}: Redis error`);
+    };
+    this.storeConnection.on('error', logError('store'));
+    this.queueConnection.on('error', logError('queues'));
     this.queues = new FleetQueues(this.queueConnection, this.store.keys.queuePrefix);
+    this.queues.operations.on('error', logError('operations queue'));
+    this.queues.batches.on('error', logError('batches queue'));
     this.service = new FleetService(this.store, this.queues);
   }
 

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type BatchRecord,
   type BatchSpec,
@@ -13,6 +14,7 @@ import {
   NotFoundError,
   type OperationRecord,
   type Strategy,
+  VmExistsError,
   type VmView,
   batchView,
   chooseHost,
@@ -28,6 +30,9 @@ import {
 import type { FleetStore } from '#store';
 import { REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 import type { FleetQueues } from './queues.js';
+
+/** How many times (100 ms apart) a replayed key waits for its first request's job. */
+const IDEMPOTENCY_WAIT_ATTEMPTS = 20;
 
 /** A job that has already ended cannot be cancelled. */
 export class JobFinishedError extends FleetError {
@@ -120,8 +125,6 @@ export class FleetService {
     if (replay !== null)
       return { vm: await this.getVm(replay.vmId), job: replay.job, replayed: true };
     try {
-      const existing = await this.findVmHost(vmId);
-      if (existing !== null) throw new InvalidRequestError(`a VM with id ${vmId} exists already`);
       const candidates =
         input.hostId === undefined
           ? await this.store.listHosts()
@@ -131,7 +134,7 @@ export class FleetService {
       let remaining = candidates;
       for (;;) {
         const chosen = chooseHost(remaining, input.vcpus, input.memoryBytes);
-        await this.store.indexVm(vmId, chosen.id);
+        if (!(await this.store.claimVmId(vmId, chosen.id))) throw new VmExistsError(vmId);
         await this.store.indexJob(opId, chosen.id);
         try {
           const { doc, value } = await this.store.update(chosen.id, (current) => {
@@ -152,6 +155,7 @@ export class FleetService {
             replayed: false,
           };
         } catch (error) {
+          if (!(error instanceof VmExistsError)) await this.store.releaseVmId(vmId, chosen.id);
           if (!(error instanceof NoCapacityError) || input.hostId !== undefined) throw error;
           remaining = remaining.filter((d) => d.id !== chosen.id);
         }
@@ -258,15 +262,6 @@ export class FleetService {
     return op;
   }
 
-  private async findVmHost(vmId: string): Promise<string | null> {
-    try {
-      return (await this.store.requireVm(vmId)).doc.id;
-    } catch (error) {
-      if (error instanceof NotFoundError) return null;
-      throw error;
-    }
-  }
-
   /**
    * Takes an Idempotency-Key for a new request; when the key was used before, returns that
    * request's job (same request) or refuses (another request).
@@ -286,7 +281,12 @@ export class FleetService {
     if (previous.fingerprint !== idempotency.fingerprint) {
       throw new IdempotencyConflictError(idempotency.key, previous.jobId);
     }
-    const op = await this.store.getJob(previous.jobId);
+    // The first request with this key may still be committing its job: give it a moment.
+    let op = await this.store.getJob(previous.jobId);
+    for (let attempt = 0; op === null && attempt < IDEMPOTENCY_WAIT_ATTEMPTS; attempt += 1) {
+      await sleep(100);
+      op = await this.store.getJob(previous.jobId);
+    }
     if (op === null) {
       throw new IdempotencyConflictError(idempotency.key, previous.jobId);
     }

@@ -217,9 +217,41 @@ export class FleetStore {
     throw new CommitContentionError(hostId, attempts);
   }
 
-  /** Records which host a VM and its job live on (written before the host commit). */
+  /**
+   * Claims a VM id for a host before the VM is committed there. False when the id belongs to a
+   * VM that exists; an entry left by a create that never committed is taken over.
+   */
+  async claimVmId(vmId: string, hostId: string): Promise<boolean> {
+    if ((await this.redis.hsetnx(this.keys.vmHost, vmId, hostId)) === 1) return true;
+    const owner = await this.redis.hget(this.keys.vmHost, vmId);
+    if (owner === hostId) return true;
+    if (owner !== null && (await this.getHost(owner))?.vms[vmId] !== undefined) return false;
+    // Stale: swap it only if nobody changed it in between.
+    const swapped = await this.redis.eval(
+      "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0",
+      1,
+      this.keys.vmHost,
+      vmId,
+      owner ?? '',
+      hostId,
+    );
+    return swapped === 1;
+  }
+
+  /** Records which host a VM lives on, unconditionally (tools that place VMs themselves). */
   async indexVm(vmId: string, hostId: string): Promise<void> {
     await this.redis.hset(this.keys.vmHost, vmId, hostId);
+  }
+
+  /** Gives back a VM id claimed for a create that was refused. */
+  async releaseVmId(vmId: string, hostId: string): Promise<void> {
+    await this.redis.eval(
+      "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0",
+      1,
+      this.keys.vmHost,
+      vmId,
+      hostId,
+    );
   }
 
   async indexJob(jobId: string, hostId: string): Promise<void> {
