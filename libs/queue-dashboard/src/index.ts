@@ -1,0 +1,3 @@
+export * from './dashboard-auth.js';
+export * from './queue-dashboard.js';
+export * from './queue-dashboard.module.js';
