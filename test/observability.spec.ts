@@ -419,77 +419,82 @@ describe('observability', () => {
   });
 
   it('every family is there with samples in every process, fed where the workers run', async () => {
-    const [apiProcess, workerProcess, fleetdProcess] = daemons();
-    assert.ok(apiProcess && workerProcess && fleetdProcess);
-    const scrapes = new Map<string, Scrape>();
-    for (const daemon of daemons()) scrapes.set(daemon.name, await scrapeMetrics(daemon.baseUrl));
-    for (const [name, scrape] of scrapes) {
-      for (const family of FAMILIES) {
-        assert.ok(scrape.types.has(family), `${name} exports ${family}`);
+    // A job's record says succeeded a moment before its worker reports the end of the job to the
+    // queue and to the metrics: the scrapes are read again until they agree.
+    await eventually('the scrapes show the run', 10_000, async () => {
+      const scrapes = new Map<string, Scrape>();
+      for (const daemon of daemons()) scrapes.set(daemon.name, await scrapeMetrics(daemon.baseUrl));
+      for (const [name, scrape] of scrapes) {
+        for (const family of FAMILIES) {
+          assert.ok(scrape.types.has(family), `${name} exports ${family}`);
+          assert.ok(
+            scrape.samples.some((s) => familyOf(scrape, s.name) === family),
+            `${name} has samples of ${family}`,
+          );
+        }
+      }
+      for (const name of ['worker', 'fleetd']) {
+        const scrape = scrapes.get(name);
+        assert.ok(scrape);
+        for (const strategy of STRATEGIES) {
+          assert.equal(
+            total(scrape, 'tdxfleet_reboot_downtime_seconds_count', { strategy }),
+            1,
+            `${name}: one ${strategy} reboot timed`,
+          );
+          assert.equal(
+            total(scrape, 'tdxfleet_operations_total', {
+              action: 'reboot',
+              strategy,
+              outcome: 'succeeded',
+            }),
+            1,
+          );
+        }
+        assert.ok(total(scrape, 'tdxfleet_reused_bytes_total') > 0, `${name}: reuse kept memory`);
+        assert.ok(total(scrape, 'tdxfleet_allocated_bytes_total') > 0);
+        assert.ok(total(scrape, 'tdxfleet_reclaimed_bytes_total') > 0);
+        assert.ok(total(scrape, 'tdxfleet_reclaim_duration_seconds_count') > 0);
         assert.ok(
-          scrape.samples.some((s) => familyOf(scrape, s.name) === family),
-          `${name} has samples of ${family}`,
+          total(scrape, 'tdxfleet_errnos_total', {
+            operation: 'KVM_TDX_INIT_VM',
+            errno: 'ENOSPC',
+          }) > 0,
+          `${name}: the cold reboot waited for the one HKID`,
         );
+        assert.ok(total(scrape, 'tdxfleet_queue_wait_seconds_count', { queue: 'operations' }) >= 4);
+        assert.ok(total(scrape, 'tdxfleet_queue_run_seconds_count', { queue: 'operations' }) >= 4);
       }
-    }
-    for (const name of ['worker', 'fleetd']) {
-      const scrape = scrapes.get(name);
-      assert.ok(scrape);
-      for (const strategy of STRATEGIES) {
-        assert.equal(
-          total(scrape, 'tdxfleet_reboot_downtime_seconds_count', { strategy }),
-          1,
-          `${name}: one ${strategy} reboot timed`,
-        );
-        assert.equal(
-          total(scrape, 'tdxfleet_operations_total', {
-            action: 'reboot',
-            strategy,
-            outcome: 'succeeded',
-          }),
-          1,
-        );
-      }
-      assert.ok(total(scrape, 'tdxfleet_reused_bytes_total') > 0, `${name}: reuse kept memory`);
-      assert.ok(total(scrape, 'tdxfleet_allocated_bytes_total') > 0);
-      assert.ok(total(scrape, 'tdxfleet_reclaimed_bytes_total') > 0);
-      assert.ok(total(scrape, 'tdxfleet_reclaim_duration_seconds_count') > 0);
-      assert.ok(
-        total(scrape, 'tdxfleet_errnos_total', { operation: 'KVM_TDX_INIT_VM', errno: 'ENOSPC' }) >
-          0,
-        `${name}: the cold reboot waited for the one HKID`,
+      // The API runs no operation: its counters stay at zero, its gauges read the fleet.
+      const apiScrape = scrapes.get('api');
+      assert.ok(apiScrape);
+      assert.equal(total(apiScrape, 'tdxfleet_operations_total'), 0);
+      assert.equal(total(apiScrape, 'tdxfleet_vms', { state: 'running' }), 1);
+      assert.equal(total(apiScrape, 'tdxfleet_hkids'), 1);
+      assert.equal(total(apiScrape, 'tdxfleet_hkids_in_use'), 1);
+      assert.ok(total(apiScrape, 'tdxfleet_host_memory_bytes', { use: 'guest_private' }) > 0);
+      assert.equal(
+        total(apiScrape, 'tdxfleet_queue_jobs', { queue: 'operations', state: 'completed' }),
+        4,
       );
-      assert.ok(total(scrape, 'tdxfleet_queue_wait_seconds_count', { queue: 'operations' }) >= 4);
-      assert.ok(total(scrape, 'tdxfleet_queue_run_seconds_count', { queue: 'operations' }) >= 4);
-    }
-    // The API runs no operation: its counters stay at zero, its gauges read the fleet.
-    const apiScrape = scrapes.get('api');
-    assert.ok(apiScrape);
-    assert.equal(total(apiScrape, 'tdxfleet_operations_total'), 0);
-    assert.equal(total(apiScrape, 'tdxfleet_vms', { state: 'running' }), 1);
-    assert.equal(total(apiScrape, 'tdxfleet_hkids'), 1);
-    assert.equal(total(apiScrape, 'tdxfleet_hkids_in_use'), 1);
-    assert.ok(total(apiScrape, 'tdxfleet_host_memory_bytes', { use: 'guest_private' }) > 0);
-    assert.equal(
-      total(apiScrape, 'tdxfleet_queue_jobs', { queue: 'operations', state: 'completed' }),
-      4,
-    );
-    assert.ok(apiScrape.samples.every((s) => s.labels['host'] === undefined));
-    // fleetd has METRICS_HOST_LABEL=true: its fleet gauges are per host, nothing else is.
-    const fleetdScrape = scrapes.get('fleetd');
-    assert.ok(fleetdScrape);
-    assert.equal(total(fleetdScrape, 'tdxfleet_hkids_in_use', { host: 'vm-embedded-host' }), 1);
-    for (const sample of fleetdScrape.samples) {
-      const family = familyOf(fleetdScrape, sample.name) ?? sample.name;
-      const perHost = [
-        'tdxfleet_vms',
-        'tdxfleet_hkids_in_use',
-        'tdxfleet_hkids',
-        'tdxfleet_zombie_hkids',
-        'tdxfleet_host_memory_bytes',
-      ].includes(family);
-      assert.equal(sample.labels['host'] !== undefined, perHost, `${sample.name} host label`);
-    }
+      assert.ok(apiScrape.samples.every((s) => s.labels['host'] === undefined));
+      // fleetd has METRICS_HOST_LABEL=true: its fleet gauges are per host, nothing else is.
+      const fleetdScrape = scrapes.get('fleetd');
+      assert.ok(fleetdScrape);
+      assert.equal(total(fleetdScrape, 'tdxfleet_hkids_in_use', { host: 'vm-embedded-host' }), 1);
+      for (const sample of fleetdScrape.samples) {
+        const family = familyOf(fleetdScrape, sample.name) ?? sample.name;
+        const perHost = [
+          'tdxfleet_vms',
+          'tdxfleet_hkids_in_use',
+          'tdxfleet_hkids',
+          'tdxfleet_zombie_hkids',
+          'tdxfleet_host_memory_bytes',
+        ].includes(family);
+        assert.equal(sample.labels['host'] !== undefined, perHost, `${sample.name} host label`);
+      }
+      return true;
+    });
   });
 
   it('the Prometheus config passes promtool check config and finds api and workers', async () => {
