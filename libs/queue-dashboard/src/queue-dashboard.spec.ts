@@ -3,6 +3,7 @@
 // error shape, and changes nothing.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { Body, Controller, HttpCode, Module, Post } from '@nestjs/common';
 import { connectFleet, type FleetClient } from '../../../test/support/fleet.js';
 import { startTestApp, type TestApp } from '../../../test/support/http-app.js';
 import { startTestRedis, type TestRedis } from '../../../test/support/redis.js';
@@ -10,6 +11,19 @@ import { QueueDashboardModule } from './queue-dashboard.module.js';
 
 const TOKEN = 'queue-dashboard-token-42';
 const PREFIX = 'dash';
+
+/** A route of the app besides the dashboard, whose errors must keep the project's shape. */
+@Controller('probe')
+class ProbeController {
+  @Post()
+  @HttpCode(200)
+  echo(@Body() body: unknown): unknown {
+    return body;
+  }
+}
+
+@Module({ controllers: [ProbeController] })
+class ProbeModule {}
 
 interface QueuesAnswer {
   queues: Array<{ name: string; readOnlyMode: boolean; counts: Record<string, number> }>;
@@ -53,7 +67,7 @@ describe('QueueDashboardModule', () => {
       app = await startTestApp({
         redisUrl: redis.url,
         env: { API_TOKEN: TOKEN, KEY_PREFIX: PREFIX },
-        imports: [QueueDashboardModule],
+        imports: [QueueDashboardModule, ProbeModule],
         // The OpenAPI UI registers @fastify/static too: both must coexist.
         openApi: { title: 'tdx-fleet test', description: 'test', version: '0.0.0' },
       });
@@ -139,7 +153,17 @@ describe('QueueDashboardModule', () => {
       await docs.body?.cancel();
       const missing = await get(app, '/admin/other');
       assert.equal(missing.status, 404);
-      await missing.body?.cancel();
+      assert.deepEqual(Object.keys((await missing.json()) as object), ['error']);
+      // The app's own routes still answer their errors in the error shape.
+      const malformed = await fetch(`${app.baseUrl}/probe`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` },
+        body: '{"oops": ',
+      });
+      assert.equal(malformed.status, 400);
+      const body = (await malformed.json()) as { error?: { code?: string } };
+      assert.deepEqual(Object.keys(body), ['error']);
+      assert.equal(body.error?.code, 'invalid_json');
     });
   });
 

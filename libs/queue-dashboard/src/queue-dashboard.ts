@@ -39,7 +39,7 @@ export class QueueDashboard implements OnModuleInit {
     this.auth = new DashboardAuth(config.apiToken);
   }
 
-  async onModuleInit(): Promise<void> {
+  onModuleInit(): void {
     const board = new BullBoardFastifyAdapter();
     board.setBasePath(QUEUE_DASHBOARD_PATH);
     const options = { readOnlyMode: true, allowRetries: false };
@@ -58,7 +58,10 @@ export class QueueDashboard implements OnModuleInit {
       options: { uiConfig: { boardTitle: 'tdx-fleet' } },
     });
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
-    await fastify.register(
+    // Queued, not awaited: awaiting would load every plugin and route registered so far, before
+    // Nest installs its error and not-found handlers (after this hook), and the app's routes
+    // would keep Fastify's default error answers. Fastify loads it with the rest when it starts.
+    void fastify.register(
       async (scope) => {
         scope.addHook('onRequest', (request, reply) => this.guard(request, reply));
         scope.addHook('onSend', (_request, reply, payload) =>
