@@ -14,11 +14,13 @@ import {
   createVm,
   submitOperation,
 } from '#fleet';
+import { Redis } from 'ioredis';
 import {
   type FleetClient,
   type WorkerProcess,
   connectFleet,
   documentProblems,
+  lockHolders,
   sampleHosts,
   settledUsage,
   startWorker,
@@ -110,6 +112,16 @@ function stepOf(op: OperationRecord, name: string): OperationRecord['steps'][num
   const step = op.steps.find((s) => s.name === name);
   assert.ok(step !== undefined, `the job has a step ${name}`);
   return step;
+}
+
+/** The steps of a job as `name:state(+ms left)`, for failure messages. */
+function describeSteps(op: OperationRecord, nowMs: number): string {
+  return op.steps
+    .map((s) => {
+      const left = s.endsAtMs === null ? '' : `(${Math.round(s.endsAtMs - nowMs)})`;
+      return `${s.name}:${s.state}${left}`;
+    })
+    .join(' ');
 }
 
 function stepsDone(op: OperationRecord | null): number {
@@ -213,7 +225,9 @@ function hostOutcome(doc: HostDocument) {
   };
 }
 
-describe('a worker dies or stops in the middle of a reboot', () => {
+// The tests use prefixes and processes of their own and mostly wait on wall-clock time: they run
+// side by side.
+describe('a worker dies or stops in the middle of a reboot', { concurrency: true }, () => {
   let redis: TestRedis;
   const reference = referenceReboot();
   before(async () => {
@@ -307,38 +321,47 @@ describe('a worker dies or stops in the middle of a reboot', () => {
     }
   });
 
-  it('SIGKILL twice (teardown, then the new VM boot): a third worker completes it', async () => {
-    const env = { TIME_SCALE, JOB_LOCK_MS: '2000' };
+  it('SIGKILL twice (mid-teardown, then right after a second worker took the job over)', async () => {
+    // At 10x the old guest_memfd's close runs ~6.8 s: long enough for a second worker to take
+    // the job over (and die) while it runs. A cold reboot boots the new VM meanwhile.
+    const env = { TIME_SCALE: '10', JOB_LOCK_MS: '1000' };
     const { fleet, first, jobId } = await bootAndSubmit('kill-twice', env);
     const workers: WorkerProcess[] = [first];
+    const locks = new Redis(redis.url);
+    const holder = async (): Promise<string | undefined> =>
+      (await lockHolders(locks, fleet.queues, [jobId]))[0];
     try {
-      await waitForJobPoint(fleet, jobId, 'close-guest-memfd', (op) => {
-        return op.steps.some((s) => s.name === 'close-guest-memfd' && s.state === 'done');
+      await waitForJobPoint(fleet, jobId, 'the new VM running', (op) => {
+        return op.steps.some((s) => s.name === 'run' && s.state === 'done');
       });
+      const firstHolder = await holder();
+      assert.ok(firstHolder !== undefined, 'the first worker holds the job');
       first.killGroup();
       const firstKillAtMs = Date.now();
       assert.equal(await first.exited(5000), 'SIGKILL');
       const atFirstKill = await fleet.store.getJob(jobId);
       assert.ok(atFirstKill !== null);
+      assert.ok(
+        (stepOf(atFirstKill, 'close-guest-memfd').endsAtMs ?? 0) > firstKillAtMs,
+        `killed mid-teardown: ${describeSteps(atFirstKill, firstKillAtMs)}`,
+      );
 
       const second = await startWorker(redis.url, 'kill-twice', env);
       workers.push(second);
-      // The new VM's `run` (fault-in, ~12 virtual seconds) has started on the second worker.
-      await waitForJobPoint(fleet, jobId, 'run', (op) => {
-        return op.steps.some((s) => s.name === 'run' && s.state === 'done');
-      });
+      const deadline = performance.now() + 15_000;
+      let secondHolder = await holder();
+      while (secondHolder === undefined || secondHolder === firstHolder) {
+        assert.ok(performance.now() < deadline, 'the second worker took the job over');
+        await sleep(10);
+        secondHolder = await holder();
+      }
       second.killGroup();
       const secondKillAtMs = Date.now();
       assert.equal(await second.exited(5000), 'SIGKILL');
       const atSecondKill = await fleet.store.getJob(jobId);
-      assert.ok(atSecondKill !== null && atSecondKill.finishedAtMs === null);
       assert.ok(
-        stepsDone(atFirstKill) < stepsDone(atSecondKill),
-        'the second worker made progress',
-      );
-      assert.ok(
-        (stepOf(atSecondKill, 'run').endsAtMs ?? 0) > secondKillAtMs,
-        'killed while the new VM ran its fault-in',
+        atSecondKill !== null && atSecondKill.finishedAtMs === null,
+        'the job was not finished when its second worker died',
       );
 
       workers.push(await startWorker(redis.url, 'kill-twice', env));
@@ -348,6 +371,7 @@ describe('a worker dies or stops in the middle of a reboot', () => {
       ]);
     } finally {
       for (const worker of workers) worker.killGroup();
+      await locks.quit();
       await fleet.close();
     }
   });
@@ -386,6 +410,92 @@ describe('a worker dies or stops in the middle of a reboot', () => {
     } finally {
       first.killGroup();
       second?.killGroup();
+      await fleet.close();
+    }
+  });
+
+  it('a paused worker (SIGSTOP) loses its job to another; resumed, it changes nothing', async () => {
+    const env = {
+      TIME_SCALE,
+      JOB_LOCK_MS: '1000',
+      SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+    };
+    const { fleet, first, jobId } = await bootAndSubmit('sigstop', env);
+    let second: WorkerProcess | undefined;
+    const pid = first.child.pid;
+    assert.ok(pid !== undefined);
+    try {
+      await waitForJobPoint(fleet, jobId, 'close-guest-memfd', (op) => {
+        return op.steps.some((s) => s.name === 'close-guest-memfd' && s.state === 'done');
+      });
+      process.kill(pid, 'SIGSTOP');
+      const pausedAtMs = Date.now();
+      const atPause = await fleet.store.getJob(jobId);
+      assert.ok(atPause !== null && atPause.finishedAtMs === null);
+      second = await startWorker(redis.url, 'sigstop', env);
+      await checkFinished(fleet, jobId, [{ op: atPause, atMs: pausedAtMs }]);
+      const doc = await fleet.store.requireHost(HOST.id);
+      const finished = await fleet.store.getJob(jobId);
+
+      process.kill(pid, 'SIGCONT');
+      await sleep(2500);
+      const later = await fleet.store.requireHost(HOST.id);
+      assert.equal(later.version, doc.version, 'the resumed worker committed nothing');
+      assert.deepEqual(await fleet.store.getJob(jobId), finished);
+      first.child.kill('SIGTERM');
+      assert.equal(await first.exited(SHUTDOWN_TIMEOUT_MS + 2000), 0, first.stderr());
+    } finally {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+      first.killGroup();
+      second?.killGroup();
+      await fleet.close();
+    }
+  });
+
+  it('an operation committed without its job (the API died in between) runs once a worker starts', async () => {
+    const prefix = 'lost-job';
+    const fleet = connectFleet(redis.url, prefix);
+    let worker: WorkerProcess | undefined;
+    try {
+      const booted = runToEnd(
+        createVm(createHostDocument(HOST, Date.now()), {
+          vmId: VM.id,
+          opId: 'boot',
+          vcpus: VM.vcpus,
+          memoryBytes: VM.memoryBytes,
+          nowMs: Date.now(),
+        }).doc,
+        'boot',
+      ).doc;
+      await fleet.store.createHost(booted);
+      await fleet.store.indexVm(VM.id, HOST.id);
+      // What FleetService.submit does, up to the commit: the job is never added.
+      await fleet.store.indexJob('lost', HOST.id);
+      await fleet.store.update(HOST.id, (doc) => ({
+        doc: submitOperation(doc, {
+          opId: 'lost',
+          vmId: VM.id,
+          action: 'reboot',
+          strategy: 'cold',
+          nowMs: Date.now(),
+        }).doc,
+        value: null,
+      }));
+      assert.equal(await fleet.queues.operations.getJob('lost'), undefined);
+      worker = await startWorker(redis.url, prefix, { TIME_SCALE: '0' });
+      const problems: string[] = [];
+      const done = await waitForJobs(fleet, ['lost'], { timeoutMs: 10_000, problems });
+      assert.deepEqual(problems, []);
+      const op = done.get('lost');
+      assert.ok(op !== undefined);
+      const doc = await fleet.store.requireHost(HOST.id);
+      assert.deepEqual(comparable(doc, op), comparable(reference.doc, reference.op));
+    } finally {
+      worker?.killGroup();
       await fleet.close();
     }
   });
