@@ -1,6 +1,7 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { MetricsModule } from '#metrics';
 import { FleetModule } from '#queue';
+import { QueueDashboardModule } from '#queue-dashboard';
 import { BatchesController } from './batches.controller.js';
 import {
   DEFAULT_EVENT_STREAM_OPTIONS,
@@ -18,7 +19,7 @@ import { VmsController } from './vms.controller.js';
  * this process depends on whether the app also has the workers (fleetd) or not (api).
  */
 @Module({
-  imports: [FleetModule, MetricsModule],
+  imports: [FleetModule, MetricsModule, QueueDashboardModule],
   controllers: [
     HostsController,
     VmsController,

@@ -92,6 +92,18 @@ const SIMULATED_SECONDS_BUCKETS = [
 /** Buckets for wall seconds spent in a queue or running a job. */
 const WALL_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
+/**
+ * What a scrape-time source answers, or null when Redis does not: the gauge then has no samples
+ * (rather than a misleading zero) and the rest of the scrape, process metrics included, goes on.
+ */
+async function readOrNull<T>(read: () => Promise<T>): Promise<T | null> {
+  try {
+    return await read();
+  } catch {
+    return null;
+  }
+}
+
 /** `load`, with a result shared by every caller within `ms` of the first. */
 function shareFor<T>(ms: number, load: () => Promise<T>): () => Promise<T> {
   let cached: { at: number; value: Promise<T> } | null = null;
@@ -153,7 +165,8 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        const docs = await sources.hosts();
+        const docs = await readOrNull(() => sources.hosts());
+        if (docs === null) return;
         if (!hostLabel) for (const state of VM_STATES) this.set({ state }, 0);
         for (const doc of docs) {
           for (const state of VM_STATES) if (hostLabel) this.set({ state, host: doc.id }, 0);
@@ -168,7 +181,8 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        const docs = await sources.hosts();
+        const docs = await readOrNull(() => sources.hosts());
+        if (docs === null) return;
         if (!hostLabel) this.set(0);
         for (const doc of docs) {
           const usage = hkidUsage(settleDue(doc, Date.now()).sim);
@@ -183,7 +197,8 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        const docs = await sources.hosts();
+        const docs = await readOrNull(() => sources.hosts());
+        if (docs === null) return;
         if (!hostLabel) this.set(0);
         for (const doc of docs) this.inc(withHost({}, doc.id), doc.sim.config.hkids);
       },
@@ -195,7 +210,8 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        const docs = await sources.hosts();
+        const docs = await readOrNull(() => sources.hosts());
+        if (docs === null) return;
         if (!hostLabel) this.set(0);
         for (const doc of docs) this.inc(withHost({}, doc.id), hkidUsage(doc.sim).zombies);
       },
@@ -209,7 +225,8 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        const docs = await sources.hosts();
+        const docs = await readOrNull(() => sources.hosts());
+        if (docs === null) return;
         if (!hostLabel) for (const use of MEMORY_USES) this.set({ use }, 0);
         for (const doc of docs) {
           const m = memoryUsageBytes(settleDue(doc, Date.now()).sim);
@@ -232,7 +249,9 @@ export class FleetMetrics {
       registers,
       async collect() {
         this.reset();
-        for (const [queue, counts] of Object.entries(await sources.queueCounts())) {
+        const queues = await readOrNull(() => sources.queueCounts());
+        if (queues === null) return;
+        for (const [queue, counts] of Object.entries(queues)) {
           for (const [state, count] of Object.entries(counts)) this.set({ queue, state }, count);
         }
       },

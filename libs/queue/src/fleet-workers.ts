@@ -149,9 +149,10 @@ export class FleetWorkers {
   /** Runs a processor, telling the hooks how long the job queued and how long it ran. */
   private async timed<T>(queue: string, job: Job, process: () => Promise<T>): Promise<T> {
     const started = Date.now();
-    // Only the first attempt's start measures the queue wait.
+    // Only the job's first start measures the queue wait: a job put back (host busy, handed
+    // back at shutdown) or retried starts again later, and was not waiting in between.
     const waited =
-      job.attemptsMade === 0 && job.processedOn !== undefined
+      job.attemptsStarted <= 1 && job.processedOn !== undefined
         ? (job.processedOn - job.timestamp) / 1000
         : null;
     this.hooks.jobStarted?.(queue, waited);
