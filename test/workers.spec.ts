@@ -329,6 +329,70 @@ async function runLimited(redisUrl: string): Promise<{
   }
 }
 
+/**
+ * A host short of HKIDs and memory (3 HKIDs, 20 GiB for three 6 GiB VMs on mainline): each cold
+ * reboot's new VM waits for what its own and the others' teardowns give back. Returns what must
+ * match between runs, and how many steps had to wait.
+ */
+async function runUnderPressure(
+  redisUrl: string,
+  prefix: string,
+  workers: number,
+): Promise<{ outcome: unknown; waitedSteps: number; problems: string[] }> {
+  const fleet = connectFleet(redisUrl, prefix);
+  const processes: WorkerProcess[] = [];
+  const problems: string[] = [];
+  try {
+    const env = { TIME_SCALE: '200', HOST_CONCURRENCY: '4', STEP_WAIT_TIMEOUT_MS: '20000' };
+    for (let i = 0; i < workers; i += 1) {
+      processes.push(await startWorker(redisUrl, prefix, env));
+    }
+    await fleet.service.createHost({
+      id: 'h-tight',
+      memoryGiB: 20,
+      hkids: 3,
+      packages: 2,
+      cpus: 64,
+      kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+    });
+    const vmIds = ['vm-0', 'vm-1', 'vm-2'];
+    const boots: string[] = [];
+    for (const id of vmIds) {
+      const { job } = await fleet.service.createVm({
+        id,
+        hostId: 'h-tight',
+        vcpus: 2,
+        memoryBytes: 6 * GIB,
+      });
+      boots.push(job.id);
+    }
+    await waitForJobs(fleet, boots, { timeoutMs: 30_000, problems });
+    const reboots = await Promise.all(
+      vmIds.map(async (id) => (await fleet.service.submit(id, 'reboot', 'cold')).job.id),
+    );
+    const done = await waitForJobs(fleet, reboots, { timeoutMs: 30_000, problems, pollMs: 5 });
+    const doc = await fleet.store.requireHost('h-tight');
+    const ops = reboots.map((id) => done.get(id));
+    return {
+      outcome: {
+        jobs: ops.map((op) => op?.state),
+        vms: Object.values(doc.vms)
+          .sort((a, b) => a.id.localeCompare(b.id))
+          .map((vm) => [vm.id, vm.state, vm.generation, vm.guestMemfds.length]),
+        usage: settledUsage(doc, Number.MAX_SAFE_INTEGER),
+      },
+      waitedSteps: ops.reduce(
+        (sum, op) => sum + (op?.steps.filter((s) => s.waitedMs > 0).length ?? 0),
+        0,
+      ),
+      problems,
+    };
+  } finally {
+    for (const proc of processes) proc.killGroup();
+    await fleet.close();
+  }
+}
+
 describe('worker processes on one Redis', () => {
   let redis: TestRedis;
   let reference: Outcome;
@@ -376,6 +440,20 @@ describe('worker processes on one Redis', () => {
     assert.ok(run.maxOnOneHost <= 1, `at most 1 running per host, saw ${run.maxOnOneHost}`);
     assert.ok(run.maxRunning <= 2, `at most 2 running in all, saw ${run.maxRunning}`);
     assert.ok(run.maxRunning >= 1, 'operations were seen running');
+  });
+
+  it('short of HKIDs and memory, steps wait, and two workers end as one does', async () => {
+    const one = await runUnderPressure(redis.url, 'tight-one', 1);
+    const two = await runUnderPressure(redis.url, 'tight-two', 2);
+    assert.deepEqual(one.problems, []);
+    assert.deepEqual(two.problems, []);
+    assert.ok(one.waitedSteps > 0 && two.waitedSteps > 0, 'steps waited for HKIDs or memory');
+    assert.deepEqual(two.outcome, one.outcome);
+    assert.deepEqual((one.outcome as { jobs: string[] }).jobs, [
+      'succeeded',
+      'succeeded',
+      'succeeded',
+    ]);
   });
 
   it('two workers at TIME_SCALE=0 give the same outcome as one', async () => {
