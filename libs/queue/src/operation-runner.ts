@@ -2,6 +2,26 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Advance, type ExecutorOptions, type JobState, advanceOperation } from '#fleet';
 import type { FleetStore } from '#store';
 
+/** Runs tasks one at a time per key, in this process (queued in call order). */
+export class KeyedLock {
+  private readonly tails = new Map<string, Promise<void>>();
+
+  async run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve();
+    let release = (): void => undefined;
+    const current = new Promise<void>((resolve) => (release = resolve));
+    const tail = previous.then(() => current);
+    this.tails.set(key, tail);
+    try {
+      await previous;
+      return await task();
+    } finally {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
 /** How operations run in this process. */
 export interface RunnerOptions {
   /** Virtual seconds per real second; 0 = no waiting. */
@@ -32,6 +52,8 @@ export interface RunObserver {
  * between steps: any worker can pick the operation up where the document says it is.
  */
 export class OperationRunner {
+  private readonly hostLock = new KeyedLock();
+
   constructor(
     private readonly store: FleetStore,
     private readonly options: RunnerOptions,
@@ -45,35 +67,60 @@ export class OperationRunner {
     observer?: RunObserver,
   ): Promise<RunOutcome> {
     for (;;) {
-      const doc = await this.store.getHost(hostId);
-      const op = doc?.ops[opId];
-      if (doc === null || op === undefined) {
-        // Finished (or cancelled while queued) by an earlier run or by the API.
-        const stored = await this.store.getJob(opId);
-        return { kind: 'finished', state: stored?.state ?? 'cancelled' };
+      const step = await this.hostLock.run(hostId, () => this.advanceOnce(opId, hostId));
+      if (step.kind === 'finished') {
+        if (step.commit !== null) await observer?.committed(step.commit);
+        return { kind: 'finished', state: step.state };
       }
-      const executorOptions: ExecutorOptions = {
-        nowMs: this.now(),
-        timeScale: this.options.timeScale,
-        hostConcurrency: this.options.hostConcurrency,
-        maxWaitMs: this.options.stepWaitTimeoutMs,
-        pollMs: this.options.pollMs,
-      };
-      const advance = advanceOperation(doc, opId, executorOptions);
-      if (advance.kind === 'wait') {
-        if (advance.reason === 'host_busy') return { kind: 'deferred', untilMs: advance.untilMs };
-        if (!(await this.sleepUntil(advance.untilMs, signal))) return { kind: 'handed-back' };
-        continue;
-      }
-      const committed = await this.store.commit(
-        { ...advance.doc, version: doc.version },
-        advance.finished,
-      );
-      if (committed === null) continue; // another writer changed the host: read it again
-      await observer?.committed(advance);
-      if (advance.finished !== null) return { kind: 'finished', state: advance.finished.state };
-      if (!(await this.sleepUntil(advance.wakeAtMs, signal))) return { kind: 'handed-back' };
+      if (step.kind === 'deferred') return step;
+      if (step.kind === 'conflict') continue; // another process changed the host: read it again
+      if (step.commit !== null) await observer?.committed(step.commit);
+      if (!(await this.sleepUntil(step.untilMs, signal))) return { kind: 'handed-back' };
     }
+  }
+
+  /**
+   * One read, advance and commit of the operation. Runs under the process's lock of the host, so
+   * operations of one host in this process take turns instead of losing compare-and-sets to each
+   * other; other processes still can, and then this reads again.
+   */
+  private async advanceOnce(
+    opId: string,
+    hostId: string,
+  ): Promise<
+    | Extract<RunOutcome, { kind: 'deferred' }>
+    | { kind: 'finished'; state: JobState; commit: Extract<Advance, { kind: 'commit' }> | null }
+    | { kind: 'conflict' }
+    | { kind: 'sleep'; untilMs: number; commit: Extract<Advance, { kind: 'commit' }> | null }
+  > {
+    const doc = await this.store.getHost(hostId);
+    const op = doc?.ops[opId];
+    if (doc === null || op === undefined) {
+      // Finished (or cancelled while queued) by an earlier run or by the API.
+      const stored = await this.store.getJob(opId);
+      return { kind: 'finished', state: stored?.state ?? 'cancelled', commit: null };
+    }
+    const executorOptions: ExecutorOptions = {
+      nowMs: this.now(),
+      timeScale: this.options.timeScale,
+      hostConcurrency: this.options.hostConcurrency,
+      maxWaitMs: this.options.stepWaitTimeoutMs,
+      pollMs: this.options.pollMs,
+    };
+    const advance = advanceOperation(doc, opId, executorOptions);
+    if (advance.kind === 'wait') {
+      if (advance.reason === 'host_busy') return { kind: 'deferred', untilMs: advance.untilMs };
+      return { kind: 'sleep', untilMs: advance.untilMs, commit: null };
+    }
+    const committed = await this.store.commit(
+      { ...advance.doc, version: doc.version },
+      advance.finished,
+    );
+    if (committed === null) return { kind: 'conflict' };
+    if (advance.finished !== null) {
+      return { kind: 'finished', state: advance.finished.state, commit: advance };
+    }
+    return { kind: 'sleep', untilMs: advance.wakeAtMs, commit: advance };
   }
 
   /** Sleeps until `untilMs` (at most a second at a time, to notice cancels); false if aborted. */

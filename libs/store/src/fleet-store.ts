@@ -58,6 +58,15 @@ end
 return 1
 `;
 
+// Returns nil for a missing document, {version} when the caller already holds that version,
+// else {version, doc}.
+const READ_SCRIPT = `
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return nil end
+if version == ARGV[1] then return {version} end
+return {version, redis.call('HGET', KEYS[1], 'doc')}
+`;
+
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
@@ -113,6 +122,12 @@ function parseOperation(key: string, json: string): OperationRecord {
  */
 export class FleetStore {
   readonly keys: FleetKeys;
+  /**
+   * The last version of each host document this process read or wrote. Documents are treated as
+   * immutable everywhere (every change makes a new one), so a document whose version Redis still
+   * holds is reused instead of read and parsed again.
+   */
+  private readonly lastSeen = new Map<string, HostDocument>();
 
   constructor(
     private readonly redis: Redis,
@@ -135,9 +150,40 @@ export class FleetStore {
   /** The host's document, or null. */
   async getHost(hostId: string): Promise<HostDocument | null> {
     const key = this.keys.hostDoc(hostId);
+    const known = this.lastSeen.get(hostId);
+    // One round trip: the version only, when this process already holds that version.
+    const reply = (await this.redis.eval(
+      READ_SCRIPT,
+      1,
+      key,
+      known === undefined ? '' : String(known.version),
+    )) as [string, string?] | null;
+    if (reply === null) {
+      this.lastSeen.delete(hostId);
+      return null;
+    }
+    const [version, json] = reply;
+    if (json === undefined) {
+      if (known !== undefined && String(known.version) === version) return known;
+      return this.getHostFresh(hostId);
+    }
+    const doc = parseHostDocument(key, json, version);
+    this.remember(doc);
+    return doc;
+  }
+
+  /** Reads the document whatever this process holds. */
+  private async getHostFresh(hostId: string): Promise<HostDocument | null> {
+    const key = this.keys.hostDoc(hostId);
     const [version, json] = await this.redis.hmget(key, 'version', 'doc');
     if (version == null || json == null) return null;
-    return parseHostDocument(key, json, version);
+    const doc = parseHostDocument(key, json, version);
+    this.remember(doc);
+    return doc;
+  }
+
+  private remember(doc: HostDocument): void {
+    this.lastSeen.set(doc.id, doc);
   }
 
   /** The host's document; throws {@link NotFoundError}. */
@@ -191,7 +237,9 @@ export class FleetStore {
       finished === null ? '' : JSON.stringify(finished),
       String(FINISHED_JOB_TTL_SECONDS),
     );
-    return result === 1 ? next : null;
+    if (result !== 1) return null;
+    this.remember(next);
+    return next;
   }
 
   /**
