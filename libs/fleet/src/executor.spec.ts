@@ -9,7 +9,13 @@ import { REBOOT_STRATEGIES, type RebootStrategy, TERMINATE_STRATEGIES, runPlan }
 import { advanceOperation } from './executor.js';
 import { settleDue } from './host-document.js';
 import type { HostDocument, OperationRecord, Strategy } from './model.js';
-import { createVm, hostCapacity, requestCancel, submitOperation } from './operations.js';
+import {
+  createVm,
+  hostCapacity,
+  planOperation,
+  requestCancel,
+  submitOperation,
+} from './operations.js';
 import {
   AUG_LINK_2M,
   type CommitRecord,
@@ -207,8 +213,9 @@ describe('boot, reboot and terminate', () => {
         memoryBytes: 4 * GIB_BYTES,
       });
       const doc = submit(booted.doc, 'vm1', 'reboot', strategy, booted.nowMs, 'r');
-      const plan = doc.ops.r?.plan;
-      assert.ok(plan);
+      const vm = doc.vms.vm1;
+      assert.ok(vm);
+      const plan = planOperation(doc, vm, { action: 'reboot', strategy });
       const expected = runPlan(doc.sim, plan).summary;
       for (const timeScale of [0, 1000]) {
         const driven = drive(doc, 'r', booted.nowMs, { run: { timeScale } });

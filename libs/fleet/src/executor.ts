@@ -1,5 +1,6 @@
 import { type CallOutcome, type Errno, applyCalls, pagesToBytes } from '#tdx-sim';
 import {
+  type Plan,
   type PlanStep,
   type PlannedCall,
   type Track,
@@ -11,6 +12,7 @@ import {
 } from '#vmm';
 import { NotFoundError } from './errors.js';
 import { nextSettleAt, settleDue } from './host-document.js';
+import { planOperation } from './operations.js';
 import type {
   GuestMemfdRecord,
   HostDocument,
@@ -69,9 +71,15 @@ export type Advance =
       wakeAtMs: number;
     };
 
+/** The plan of an operation that has started. */
+function planOf(op: OperationRecord): Plan {
+  if (op.plan === null) throw new Error(`operation ${op.id} has not started: no plan yet`);
+  return op.plan;
+}
+
 function trackSteps(op: OperationRecord, track: Track): number[] {
   const indexes: number[] = [];
-  op.plan.steps.forEach((step, i) => {
+  planOf(op).steps.forEach((step, i) => {
     if (step.track === track) indexes.push(i);
   });
   return indexes;
@@ -80,7 +88,7 @@ function trackSteps(op: OperationRecord, track: Track): number[] {
 function cloneOperation(op: OperationRecord): OperationRecord {
   return {
     ...op,
-    plan: { ...op.plan, steps: [...op.plan.steps] },
+    plan: op.plan && { ...op.plan, steps: [...op.plan.steps] },
     steps: op.steps.map((s) => ({ ...s })),
     tracks: { teardown: { ...op.tracks.teardown }, boot: { ...op.tracks.boot } },
     bindings: { ...op.bindings },
@@ -123,6 +131,14 @@ export function advanceOperation(
   if (op.state === 'queued') {
     const running = Object.values(draft.ops).filter((o) => o.state === 'running').length;
     if (running >= options.hostConcurrency) return waitOrCommit(now + options.pollMs, 'host_busy');
+    const vm = draft.vms[op.vmId];
+    if (vm === undefined) throw new Error(`operation ${op.id} for a missing VM ${op.vmId}`);
+    const plan = planOperation(draft, vm, op.intent);
+    if (plan.steps.length !== op.steps.length) {
+      throw new Error(`operation ${op.id}: its plan changed while it was queued`);
+    }
+    op.plan = plan;
+    op.bindings = { ...plan.initialBindings };
     op.state = 'running';
     op.startedAtMs = now;
     op.timeScale = options.timeScale;
@@ -179,7 +195,7 @@ export function advanceOperation(
     );
     const cursor = op.tracks[track];
     const stepIndex = trackSteps(op, track)[cursor.next];
-    const step = stepIndex === undefined ? undefined : op.plan.steps[stepIndex];
+    const step = stepIndex === undefined ? undefined : planOf(op).steps[stepIndex];
     const record = stepIndex === undefined ? undefined : op.steps[stepIndex];
     if (step === undefined || record === undefined || stepIndex === undefined) {
       throw new Error(`operation ${op.id}: track ${track} cursor out of range`);
@@ -284,9 +300,9 @@ export function advanceOperation(
     event('job.step', { step: step.name });
     if (track === 'teardown' && !op.bootReleased) {
       const handoffDone =
-        op.plan.handoff === null
+        planOf(op).handoff === null
           ? cursor.next >= trackSteps(op, 'teardown').length
-          : stepIndex >= op.plan.handoff;
+          : stepIndex >= (planOf(op).handoff ?? Infinity);
       if (handoffDone) {
         op.bootReleased = true;
         op.tracks.boot.readyAtMs = endsAtMs;
@@ -391,7 +407,7 @@ function beginCleanup(
   const readyAt = Math.max(now, op.tracks.teardown.readyAtMs, op.tracks.boot.readyAtMs);
   const virtualReadyAt = Math.max(op.tracks.teardown.virtualReadyAt, op.tracks.boot.virtualReadyAt);
   for (const step of cleanup) {
-    op.plan.steps.push(step);
+    planOf(op).steps.push(step);
     op.steps.push({
       name: step.name,
       track: 'teardown',

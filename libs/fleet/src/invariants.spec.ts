@@ -381,7 +381,7 @@ describe('random fleets', () => {
           // A VM's generation is its successful boots.
           const boots = new Map<string, number>();
           for (const op of finished) {
-            if (op.state === 'succeeded' && op.plan.intent.action !== 'terminate') {
+            if (op.state === 'succeeded' && op.intent.action !== 'terminate') {
               boots.set(op.vmId, (boots.get(op.vmId) ?? 0) + 1);
             }
           }

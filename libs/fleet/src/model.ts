@@ -1,6 +1,7 @@
 import type { Errno, HostState, SimOp } from '#tdx-sim';
 import type {
   Bindings,
+  Intent,
   Plan,
   PlanStep,
   RebootStrategy,
@@ -127,7 +128,13 @@ export interface OperationRecord {
   action: Action;
   strategy: Strategy | null;
   state: JobState;
-  plan: Plan;
+  /** What the plan does (a reboot of a stopped VM is a boot). */
+  intent: Intent;
+  /**
+   * The plan, once the operation has started; null while it is queued (it is rebuilt from the
+   * VM, which cannot change meanwhile, so queued operations stay small in the host document).
+   */
+  plan: Plan | null;
   steps: JobStep[];
   tracks: Record<Track, TrackCursor>;
   /** True once the boot track may run (after the plan's handoff step). */

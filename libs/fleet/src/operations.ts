@@ -51,7 +51,7 @@ export function hostCapacity(doc: HostDocument): HostCapacity {
   let freeHkids = sim.freeHkids.length + sim.inFlight.reduce((sum, r) => sum + r.hkids.length, 0);
   for (const op of Object.values(doc.ops)) {
     // A boot, or a reboot of a stopped VM (its plan is a boot): it will take memory and an HKID.
-    if (op.plan.intent.action !== 'boot') continue;
+    if (op.intent.action !== 'boot') continue;
     const vm = doc.vms[op.vmId];
     if (vm === undefined) continue;
     freePages -= Math.max(
@@ -115,7 +115,8 @@ function newOperation(
     action: fields.action,
     strategy: fields.strategy,
     state: 'queued',
-    plan: fields.plan,
+    intent: fields.plan.intent,
+    plan: null,
     steps: fields.plan.steps.map((step) => ({
       name: step.name,
       track: step.track,
@@ -132,7 +133,7 @@ function newOperation(
       boot: { next: 0, readyAtMs: 0, virtualReadyAt: 0, waitingSinceMs: null },
     },
     bootReleased: !fields.plan.steps.some((s) => s.track === 'teardown'),
-    bindings: { ...fields.plan.initialBindings },
+    bindings: {},
     totals: {
       reclaimSeconds: 0,
       removalSeconds: 0,
@@ -328,6 +329,19 @@ export function requestCancel(
   if (op.cancelRequested) return { doc, op, finished: false };
   const asked = { ...op, cancelRequested: true };
   return { doc: { ...doc, ops: { ...doc.ops, [opId]: asked } }, op: asked, finished: false };
+}
+
+/**
+ * The plan of an operation on `vm` with `intent`, as submitOperation and createVm built it:
+ * deterministic, so a queued operation's plan is rebuilt when it starts.
+ */
+export function planOperation(doc: HostDocument, vm: VmRecord, intent: Intent): Plan {
+  const shape: VmShape = { vcpus: vm.vcpus, memoryBytes: vm.memoryBytes };
+  if (intent.action === 'boot') return planBoot(shape);
+  if (vm.handles === null) return { intent, steps: [], handoff: null, initialBindings: {} };
+  const planned = planFor(intent, doc.sim.config.kernel, shape, vm.handles);
+  if (!planned.ok) throw new Error(`VM ${vm.id}: ${planned.refusal.message}`);
+  return planned.plan;
 }
 
 /** Pages a VM's guest_memfds hold on its host (for views). */
