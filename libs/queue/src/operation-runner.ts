@@ -1,26 +1,21 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Advance, type ExecutorOptions, type JobState, advanceOperation } from '#fleet';
+import {
+  type Advance,
+  type ExecutorOptions,
+  type JobState,
+  type OperationRecord,
+  advanceOperation,
+} from '#fleet';
 import type { FleetStore } from '#store';
 
-/** Runs tasks one at a time per key, in this process (queued in call order). */
-export class KeyedLock {
-  private readonly tails = new Map<string, Promise<void>>();
+type Committed = Extract<Advance, { kind: 'commit' }>;
 
-  async run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    let release = (): void => undefined;
-    const current = new Promise<void>((resolve) => (release = resolve));
-    const tail = previous.then(() => current);
-    this.tails.set(key, tail);
-    try {
-      await previous;
-      return await task();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
-}
+/** What one advance of an operation came to. */
+type StepResult =
+  | Extract<RunOutcome, { kind: 'deferred' }>
+  | { kind: 'finished'; state: JobState; commit: Committed | null }
+  | { kind: 'conflict' }
+  | { kind: 'sleep'; untilMs: number; commit: Committed | null };
 
 /** How operations run in this process. */
 export interface RunnerOptions {
@@ -52,7 +47,13 @@ export interface RunObserver {
  * between steps: any worker can pick the operation up where the document says it is.
  */
 export class OperationRunner {
-  private readonly hostLock = new KeyedLock();
+  /** Operations waiting for the next commit of their host, by host. */
+  private readonly pending = new Map<
+    string,
+    Array<{ opId: string; resolve: (r: StepResult) => void; reject: (e: unknown) => void }>
+  >();
+  /** Hosts whose commits are being drained. */
+  private readonly draining = new Set<string>();
 
   constructor(
     private readonly store: FleetStore,
@@ -67,7 +68,7 @@ export class OperationRunner {
     observer?: RunObserver,
   ): Promise<RunOutcome> {
     for (;;) {
-      const step = await this.hostLock.run(hostId, () => this.advanceOnce(opId, hostId));
+      const step = await this.advanceOnce(opId, hostId);
       if (step.kind === 'finished') {
         if (step.commit !== null) await observer?.committed(step.commit);
         return { kind: 'finished', state: step.state };
@@ -80,26 +81,49 @@ export class OperationRunner {
   }
 
   /**
-   * One read, advance and commit of the operation. Runs under the process's lock of the host, so
-   * operations of one host in this process take turns instead of losing compare-and-sets to each
-   * other; other processes still can, and then this reads again.
+   * One read, advance and commit of the operation. Operations of one host in this process are
+   * advanced together: whoever asks while a commit of that host is under way joins the next
+   * one, which reads the document once, advances each operation in turn and commits them all
+   * with one compare-and-set. They no longer lose compare-and-sets to each other; other
+   * processes still can, and then each of them reads again.
    */
-  private async advanceOnce(
-    opId: string,
-    hostId: string,
-  ): Promise<
-    | Extract<RunOutcome, { kind: 'deferred' }>
-    | { kind: 'finished'; state: JobState; commit: Extract<Advance, { kind: 'commit' }> | null }
-    | { kind: 'conflict' }
-    | { kind: 'sleep'; untilMs: number; commit: Extract<Advance, { kind: 'commit' }> | null }
-  > {
-    const doc = await this.store.getHost(hostId);
-    const op = doc?.ops[opId];
-    if (doc === null || op === undefined) {
-      // Finished (or cancelled while queued) by an earlier run or by the API.
-      const stored = await this.store.getJob(opId);
-      return { kind: 'finished', state: stored?.state ?? 'cancelled', commit: null };
+  private advanceOnce(opId: string, hostId: string): Promise<StepResult> {
+    return new Promise<StepResult>((resolve, reject) => {
+      const waiting = this.pending.get(hostId) ?? [];
+      waiting.push({ opId, resolve, reject });
+      this.pending.set(hostId, waiting);
+      if (!this.draining.has(hostId)) void this.drain(hostId);
+    });
+  }
+
+  private async drain(hostId: string): Promise<void> {
+    this.draining.add(hostId);
+    try {
+      for (;;) {
+        const batch = this.pending.get(hostId);
+        if (batch === undefined || batch.length === 0) break;
+        this.pending.delete(hostId);
+        try {
+          const results = await this.advanceBatch(
+            hostId,
+            batch.map((b) => b.opId),
+          );
+          batch.forEach((b, i) => {
+            const result = results[i];
+            if (result === undefined) b.reject(new Error(`no result for operation ${b.opId}`));
+            else b.resolve(result);
+          });
+        } catch (error) {
+          for (const b of batch) b.reject(error);
+        }
+      }
+    } finally {
+      this.draining.delete(hostId);
     }
+  }
+
+  private async advanceBatch(hostId: string, opIds: readonly string[]): Promise<StepResult[]> {
+    const doc = await this.store.getHost(hostId);
     const executorOptions: ExecutorOptions = {
       nowMs: this.now(),
       timeScale: this.options.timeScale,
@@ -107,20 +131,58 @@ export class OperationRunner {
       maxWaitMs: this.options.stepWaitTimeoutMs,
       pollMs: this.options.pollMs,
     };
-    const advance = advanceOperation(doc, opId, executorOptions);
-    if (advance.kind === 'wait') {
-      if (advance.reason === 'host_busy') return { kind: 'deferred', untilMs: advance.untilMs };
-      return { kind: 'sleep', untilMs: advance.untilMs, commit: null };
+    let current = doc;
+    const results: Array<StepResult | null> = [];
+    const finished: OperationRecord[] = [];
+    for (const opId of opIds) {
+      if (current?.ops[opId] === undefined) {
+        results.push(null); // finished (or cancelled while queued) elsewhere: looked up below
+        continue;
+      }
+      const advance = advanceOperation(current, opId, executorOptions);
+      if (advance.kind === 'wait') {
+        results.push(
+          advance.reason === 'host_busy'
+            ? { kind: 'deferred', untilMs: advance.untilMs }
+            : { kind: 'sleep', untilMs: advance.untilMs, commit: null },
+        );
+        continue;
+      }
+      current = advance.doc;
+      if (advance.finished !== null) {
+        finished.push(advance.finished);
+        results.push({ kind: 'finished', state: advance.finished.state, commit: advance });
+      } else {
+        results.push({ kind: 'sleep', untilMs: advance.wakeAtMs, commit: advance });
+      }
     }
-    const committed = await this.store.commit(
-      { ...advance.doc, version: doc.version },
-      advance.finished,
+    const committing = results.some((r) => r !== null && 'commit' in r && r.commit !== null);
+    if (doc !== null && current !== null && committing) {
+      const committed = await this.store.commitMany({ ...current, version: doc.version }, finished);
+      if (committed === null) {
+        // Another process changed the host: every operation that had something to commit
+        // reads it again.
+        const retried = results.map((r): StepResult | null =>
+          r !== null && 'commit' in r && r.commit !== null ? { kind: 'conflict' } : r,
+        );
+        return this.lookUpFinished(retried, opIds);
+      }
+    }
+    return this.lookUpFinished(results, opIds);
+  }
+
+  /** Fills in the operations that were no longer in the document with their stored end. */
+  private async lookUpFinished(
+    results: ReadonlyArray<StepResult | null>,
+    opIds: readonly string[],
+  ): Promise<StepResult[]> {
+    return Promise.all(
+      results.map(async (result, i) => {
+        if (result !== null) return result;
+        const stored = await this.store.getJob(opIds[i] ?? '');
+        return { kind: 'finished' as const, state: stored?.state ?? 'cancelled', commit: null };
+      }),
     );
-    if (committed === null) return { kind: 'conflict' };
-    if (advance.finished !== null) {
-      return { kind: 'finished', state: advance.finished.state, commit: advance };
-    }
-    return { kind: 'sleep', untilMs: advance.wakeAtMs, commit: advance };
   }
 
   /** Sleeps until `untilMs` (at most a second at a time, to notice cancels); false if aborted. */

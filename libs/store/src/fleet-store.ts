@@ -46,14 +46,14 @@ export interface IdempotencyRecord {
 export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
-// Commits a host document if its version is still the one it was read at; with a finished
-// operation, stores it beside the document in the same step. Returns 1, or 0 on a conflict.
+// Commits a host document if its version is still the one it was read at; finished operations
+// (KEYS[2..], ARGV[5..]) are stored beside it in the same step. Returns 1, or 0 on a conflict.
 const COMMIT_SCRIPT = `
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ARGV[4])
 end
 return 1
 `;
@@ -225,17 +225,25 @@ export class FleetStore {
     doc: HostDocument,
     finished: OperationRecord | null = null,
   ): Promise<HostDocument | null> {
+    return this.commitMany(doc, finished === null ? [] : [finished]);
+  }
+
+  /** {@link commit} with any number of finished operations. */
+  async commitMany(
+    doc: HostDocument,
+    finished: readonly OperationRecord[],
+  ): Promise<HostDocument | null> {
     const next = { ...doc, version: doc.version + 1 };
     const result = await this.redis.eval(
       COMMIT_SCRIPT,
-      2,
+      1 + finished.length,
       this.keys.hostDoc(doc.id),
-      finished === null ? this.keys.hostDoc(doc.id) : this.keys.finishedJob(doc.id, finished.id),
+      ...finished.map((op) => this.keys.finishedJob(doc.id, op.id)),
       String(doc.version),
       String(next.version),
       JSON.stringify(next),
-      finished === null ? '' : JSON.stringify(finished),
       String(FINISHED_JOB_TTL_SECONDS),
+      ...finished.map((op) => JSON.stringify(op)),
     );
     if (result !== 1) return null;
     this.remember(next);
