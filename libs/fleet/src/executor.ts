@@ -12,7 +12,7 @@ import {
 } from '#vmm';
 import { NotFoundError } from './errors.js';
 import { nextSettleAt, settleDue } from './host-document.js';
-import { planOperation } from './operations.js';
+import { pendingStep, planOperation } from './operations.js';
 import type {
   GuestMemfdRecord,
   HostDocument,
@@ -134,10 +134,8 @@ export function advanceOperation(
     const vm = draft.vms[op.vmId];
     if (vm === undefined) throw new Error(`operation ${op.id} for a missing VM ${op.vmId}`);
     const plan = planOperation(draft, vm, op.intent);
-    if (plan.steps.length !== op.steps.length) {
-      throw new Error(`operation ${op.id}: its plan changed while it was queued`);
-    }
     op.plan = plan;
+    op.steps = plan.steps.map(pendingStep);
     op.bindings = { ...plan.initialBindings };
     op.state = 'running';
     op.startedAtMs = now;

@@ -135,6 +135,7 @@ export interface OperationRecord {
    * VM, which cannot change meanwhile, so queued operations stay small in the host document).
    */
   plan: Plan | null;
+  /** One per step of the plan, from the moment the operation starts (none while queued). */
   steps: JobStep[];
   tracks: Record<Track, TrackCursor>;
   /** True once the boot track may run (after the plan's handoff step). */

@@ -2,6 +2,7 @@ import { PAGES_PER_GIB, PAGE_BYTES, countPages } from '#tdx-sim';
 import {
   type Intent,
   type Plan,
+  type PlanStep,
   type RebootStrategy,
   type TerminateStrategy,
   type VmShape,
@@ -21,6 +22,7 @@ import {
 import type {
   Action,
   HostDocument,
+  JobStep,
   OperationRecord,
   Strategy,
   VmLifecycle,
@@ -117,17 +119,7 @@ function newOperation(
     state: 'queued',
     intent: fields.plan.intent,
     plan: null,
-    steps: fields.plan.steps.map((step) => ({
-      name: step.name,
-      track: step.track,
-      state: 'pending',
-      virtualSeconds: 0,
-      virtualStart: null,
-      wallMs: 0,
-      startedAtMs: null,
-      endsAtMs: null,
-      waitedMs: 0,
-    })),
+    steps: [],
     tracks: {
       teardown: { next: 0, readyAtMs: 0, virtualReadyAt: 0, waitingSinceMs: null },
       boot: { next: 0, readyAtMs: 0, virtualReadyAt: 0, waitingSinceMs: null },
@@ -329,6 +321,21 @@ export function requestCancel(
   if (op.cancelRequested) return { doc, op, finished: false };
   const asked = { ...op, cancelRequested: true };
   return { doc: { ...doc, ops: { ...doc.ops, [opId]: asked } }, op: asked, finished: false };
+}
+
+/** A step of a plan that has not run yet. */
+export function pendingStep(step: PlanStep): JobStep {
+  return {
+    name: step.name,
+    track: step.track,
+    state: 'pending',
+    virtualSeconds: 0,
+    virtualStart: null,
+    wallMs: 0,
+    startedAtMs: null,
+    endsAtMs: null,
+    waitedMs: 0,
+  };
 }
 
 /**
