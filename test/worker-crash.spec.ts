@@ -578,7 +578,6 @@ describe('a worker dies or stops in the middle of a reboot', { concurrency: true
           op.steps.every((s) => s.state === 'done' && s.cleanup !== true),
           `${op.vmId}: every step done once, no cleanup`,
         );
-        assert.equal(op.steps.length, op.plan?.steps.length);
       }
       sampling = false;
       await sampler;

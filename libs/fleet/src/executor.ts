@@ -454,6 +454,9 @@ function finishOperation(
         : booted(vm, op, doc);
   }
   updated = { ...updated, activeJob: null, updatedAtMs: now };
+  // The steps record what ran; the plan's calls are of no use any more, and the finished
+  // record is kept for days.
+  op.plan = null;
   return { doc: { ...doc, vms: { ...doc.vms, [vm.id]: updated } }, op };
 }
 

@@ -131,8 +131,9 @@ export interface OperationRecord {
   /** What the plan does (a reboot of a stopped VM is a boot). */
   intent: Intent;
   /**
-   * The plan, once the operation has started; null while it is queued (it is rebuilt from the
-   * VM, which cannot change meanwhile, so queued operations stay small in the host document).
+   * The plan while the operation runs; null while it is queued (it is rebuilt from the VM, which
+   * cannot change meanwhile, so queued operations stay small in the host document) and once it
+   * has finished (its steps record what ran).
    */
   plan: Plan | null;
   /** One per step of the plan, from the moment the operation starts (none while queued). */

@@ -172,16 +172,16 @@ export class FleetWorkers {
     );
     const outcome = await this.operationRunner.run(data.opId, data.hostId, this.abort.signal, {
       committed: async (advance) => {
-        await this.store.publish(advance.events);
         const op = advance.finished ?? advance.doc.ops[data.opId];
-        if (op !== undefined) {
-          const counted = op.steps.filter((s) => s.state !== 'skipped');
-          const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
-          await job.updateProgress(
-            counted.length === 0 ? 100 : Math.round((done / counted.length) * 100),
-          );
-        }
-        await this.hooks.committed?.(advance);
+        const counted = op?.steps.filter((s) => s.state !== 'skipped') ?? [];
+        const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
+        const progress = counted.length === 0 ? 100 : Math.round((done / counted.length) * 100);
+        // Independent writes: the event stream, the queue's progress, the metrics.
+        await Promise.all([
+          this.store.publish(advance.events),
+          job.updateProgress(progress),
+          this.hooks.committed?.(advance),
+        ]);
       },
     });
     switch (outcome.kind) {
