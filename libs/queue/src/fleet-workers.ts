@@ -176,10 +176,10 @@ export class FleetWorkers {
         const counted = op?.steps.filter((s) => s.state !== 'skipped') ?? [];
         const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
         const progress = counted.length === 0 ? 100 : Math.round((done / counted.length) * 100);
-        // Independent writes: the event stream, the queue's progress, the metrics.
+        // The commit published the events. Then the queue's progress (a finished job's
+        // completion says it all) and the metrics.
         await Promise.all([
-          this.store.publish(advance.events),
-          job.updateProgress(progress),
+          advance.finished === null ? job.updateProgress(progress) : undefined,
           this.hooks.committed?.(advance),
         ]);
       },

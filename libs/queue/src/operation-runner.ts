@@ -2,6 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type Advance,
   type ExecutorOptions,
+  type FleetEvent,
+  type HostDocument,
   type JobState,
   type OperationRecord,
   advanceOperation,
@@ -123,7 +125,27 @@ export class OperationRunner {
   }
 
   private async advanceBatch(hostId: string, opIds: readonly string[]): Promise<StepResult[]> {
+    // First on the document this process already holds, with no round trip; when it is stale the
+    // compare-and-set refuses and the batch runs again on a fresh read.
+    const cached = this.store.cachedHost(hostId);
+    if (cached !== null) {
+      const results = await this.advanceOn(cached, opIds, true);
+      if (results !== null) return results;
+    }
     const doc = await this.store.getHost(hostId);
+    return (await this.advanceOn(doc, opIds, false)) ?? [];
+  }
+
+  /**
+   * Advances each operation on `doc` in turn and commits them together. `optimistic` (a document
+   * that may be stale): gives up (null) rather than decide to wait, find an operation missing, or
+   * lose the compare-and-set, since those need a fresh read.
+   */
+  private async advanceOn(
+    doc: HostDocument | null,
+    opIds: readonly string[],
+    optimistic: boolean,
+  ): Promise<StepResult[] | null> {
     const executorOptions: ExecutorOptions = {
       nowMs: this.now(),
       timeScale: this.options.timeScale,
@@ -134,13 +156,16 @@ export class OperationRunner {
     let current = doc;
     const results: Array<StepResult | null> = [];
     const finished: OperationRecord[] = [];
+    const events: FleetEvent[] = [];
     for (const opId of opIds) {
       if (current?.ops[opId] === undefined) {
+        if (optimistic) return null;
         results.push(null); // finished (or cancelled while queued) elsewhere: looked up below
         continue;
       }
       const advance = advanceOperation(current, opId, executorOptions);
       if (advance.kind === 'wait') {
+        if (optimistic) return null;
         results.push(
           advance.reason === 'host_busy'
             ? { kind: 'deferred', untilMs: advance.untilMs }
@@ -149,6 +174,7 @@ export class OperationRunner {
         continue;
       }
       current = advance.doc;
+      events.push(...advance.events);
       if (advance.finished !== null) {
         finished.push(advance.finished);
         results.push({ kind: 'finished', state: advance.finished.state, commit: advance });
@@ -158,8 +184,13 @@ export class OperationRunner {
     }
     const committing = results.some((r) => r !== null && 'commit' in r && r.commit !== null);
     if (doc !== null && current !== null && committing) {
-      const committed = await this.store.commitMany({ ...current, version: doc.version }, finished);
+      const committed = await this.store.commitMany(
+        { ...current, version: doc.version },
+        finished,
+        events,
+      );
       if (committed === null) {
+        if (optimistic) return null;
         // Another process changed the host: every operation that had something to commit
         // reads it again.
         const retried = results.map((r): StepResult | null =>

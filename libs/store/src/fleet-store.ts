@@ -47,14 +47,16 @@ export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
 // Commits a host document if its version is still the one it was read at; finished operations
-// (KEYS[2..], ARGV[5..]) are stored beside it in the same step. Returns 1, or 0 on a conflict.
+// (KEYS[2..], ARGV[7..]) are stored beside it in the same step, and the change's events (ARGV[6],
+// if any) published on the channel ARGV[5]. Returns 1, or 0 on a conflict.
 const COMMIT_SCRIPT = `
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3])
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ARGV[4])
+  redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ARGV[4])
 end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 `;
 
@@ -147,6 +149,14 @@ export class FleetStore {
     return stored;
   }
 
+  /**
+   * The document this process last read or wrote for the host, without asking Redis (null if
+   * none). It may be stale: only for a change that is then committed with compare-and-set.
+   */
+  cachedHost(hostId: string): HostDocument | null {
+    return this.lastSeen.get(hostId) ?? null;
+  }
+
   /** The host's document, or null. */
   async getHost(hostId: string): Promise<HostDocument | null> {
     const key = this.keys.hostDoc(hostId);
@@ -232,6 +242,7 @@ export class FleetStore {
   async commitMany(
     doc: HostDocument,
     finished: readonly OperationRecord[],
+    events: readonly FleetEvent[] = [],
   ): Promise<HostDocument | null> {
     const next = { ...doc, version: doc.version + 1 };
     const result = await this.redis.eval(
@@ -243,6 +254,8 @@ export class FleetStore {
       String(next.version),
       JSON.stringify(next),
       String(FINISHED_JOB_TTL_SECONDS),
+      this.keys.events,
+      events.length === 0 ? '' : JSON.stringify(events),
       ...finished.map((op) => JSON.stringify(op)),
     );
     if (result !== 1) return null;
