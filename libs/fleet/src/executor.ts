@@ -77,12 +77,20 @@ function planOf(op: OperationRecord): Plan {
   return op.plan;
 }
 
+/** Each plan's step indexes by track, kept while the plan has as many steps (cleanup adds some). */
+const trackIndex = new WeakMap<PlanStep[], { length: number; byTrack: Record<Track, number[]> }>();
+
+/** Indexes into the plan of the steps of one track, in order. */
 function trackSteps(op: OperationRecord, track: Track): number[] {
-  const indexes: number[] = [];
-  planOf(op).steps.forEach((step, i) => {
-    if (step.track === track) indexes.push(i);
-  });
-  return indexes;
+  const steps = planOf(op).steps;
+  let index = trackIndex.get(steps);
+  if (index?.length !== steps.length) {
+    const byTrack: Record<Track, number[]> = { teardown: [], boot: [] };
+    steps.forEach((step, i) => byTrack[step.track].push(i));
+    index = { length: steps.length, byTrack };
+    trackIndex.set(steps, index);
+  }
+  return index.byTrack[track];
 }
 
 function cloneOperation(op: OperationRecord): OperationRecord {
