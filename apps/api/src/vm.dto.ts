@@ -1,4 +1,4 @@
-import { type JobView, type VmView } from '#fleet';
+import { type JobView, VM_LIFECYCLES, type VmView } from '#fleet';
 import { GIB_BYTES } from '#tdx-sim';
 import { z } from 'zod';
 import { idReferenceSchema, resourceIdSchema, timestampSchema } from './common.dto.js';
@@ -7,14 +7,7 @@ import { type Documents, openApiSchema } from './openapi-schema.js';
 
 const TWO_MIB = 2 * 1024 * 1024;
 
-export const vmStateSchema = z.enum([
-  'booting',
-  'running',
-  'rebooting',
-  'terminating',
-  'stopped',
-  'terminated',
-]);
+export const vmStateSchema = z.enum(VM_LIFECYCLES);
 
 /** `POST /v1/vms`. */
 export const createVmSchema = z.strictObject({

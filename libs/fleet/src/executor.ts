@@ -414,18 +414,7 @@ function beginCleanup(
   const virtualReadyAt = Math.max(op.tracks.teardown.virtualReadyAt, op.tracks.boot.virtualReadyAt);
   for (const step of cleanup) {
     planOf(op).steps.push(step);
-    op.steps.push({
-      name: step.name,
-      track: 'teardown',
-      state: 'pending',
-      virtualSeconds: 0,
-      virtualStart: null,
-      wallMs: 0,
-      startedAtMs: null,
-      endsAtMs: null,
-      waitedMs: 0,
-      cleanup: true,
-    });
+    op.steps.push({ ...pendingStep(step), cleanup: true });
   }
   op.tracks.teardown = {
     next: teardownCount,

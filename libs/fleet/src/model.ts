@@ -4,15 +4,25 @@ import type {
   Intent,
   Plan,
   PlanStep,
+  PlanSummary,
   RebootStrategy,
   TerminateStrategy,
   Track,
   VmHandles,
 } from '#vmm';
 
-/** What a VM is doing, as the API shows it. */
-export type VmLifecycle =
-  'booting' | 'running' | 'rebooting' | 'terminating' | 'stopped' | 'terminated';
+/** What a VM can be doing, as the API shows it. */
+export const VM_LIFECYCLES = [
+  'booting',
+  'running',
+  'rebooting',
+  'terminating',
+  'stopped',
+  'terminated',
+] as const;
+
+/** One of {@link VM_LIFECYCLES}. */
+export type VmLifecycle = (typeof VM_LIFECYCLES)[number];
 
 /** One guest_memfd of a VM, and the boot that first allocated its memory. */
 export interface GuestMemfdRecord {
@@ -97,17 +107,8 @@ export interface OperationTotals {
   hkidReleasedAt: number | null;
 }
 
-/** The measured outcome of a successful operation. */
-export interface OperationResult {
-  downtimeSeconds: number;
-  reclaimSeconds: number;
-  bytesReclaimed: number;
-  bytesFreed: number;
-  bytesReused: number;
-  bytesAllocated: number;
-  hkidHeldSeconds: number;
-  totalSeconds: number;
-}
+/** The measured outcome of a successful operation: the same totals as a plan run in pure time. */
+export type OperationResult = PlanSummary;
 
 /** Why an operation failed or was cancelled. */
 export interface OperationError {

@@ -2,11 +2,11 @@ import {
   type FleetEvent,
   type HostDocument,
   type OperationRecord,
-  type VmLifecycle,
+  VM_LIFECYCLES,
   settleDue,
 } from '#fleet';
 import { type Errno, type SimOp, hkidUsage, memoryUsageBytes } from '#tdx-sim';
-import type { StepName } from '#vmm';
+import { STEP_NAMES } from '#vmm';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Where the scrape-time gauges read the fleet and the queues from. */
@@ -23,14 +23,6 @@ export interface MetricsOptions {
   hostLabel: boolean;
 }
 
-const VM_STATES: readonly VmLifecycle[] = [
-  'booting',
-  'running',
-  'rebooting',
-  'terminating',
-  'stopped',
-  'terminated',
-];
 const MEMORY_USES = [
   'free',
   'guest_private',
@@ -40,27 +32,6 @@ const MEMORY_USES = [
   'in_flight',
 ] as const;
 const STRATEGIES = ['cold', 'terminate', 'reuse'] as const;
-const STEP_NAMES: readonly StepName[] = [
-  'create-vm',
-  'init-vm',
-  'create-vcpus',
-  'create-guest-memfd',
-  'map-guest-memfd',
-  'create-memslots',
-  'init-vcpus',
-  'init-mem-region',
-  'finalize',
-  'run',
-  'stop-vcpus',
-  'terminate-vm',
-  'delete-memslots',
-  'close-vcpus',
-  'close-vm',
-  'link-guest-memfd',
-  'unmap-old-guest-memfd',
-  'close-guest-memfd',
-  'close-old-guest-memfd',
-];
 const OPERATION_KINDS = [
   { action: 'boot', strategy: 'none' },
   { action: 'reboot', strategy: 'cold' },
@@ -167,9 +138,9 @@ export class FleetMetrics {
         this.reset();
         const docs = await readOrNull(() => sources.hosts());
         if (docs === null) return;
-        if (!hostLabel) for (const state of VM_STATES) this.set({ state }, 0);
+        if (!hostLabel) for (const state of VM_LIFECYCLES) this.set({ state }, 0);
         for (const doc of docs) {
-          for (const state of VM_STATES) if (hostLabel) this.set({ state, host: doc.id }, 0);
+          for (const state of VM_LIFECYCLES) if (hostLabel) this.set({ state, host: doc.id }, 0);
           for (const vm of Object.values(doc.vms)) this.inc(withHost({ state: vm.state }, doc.id));
         }
       },

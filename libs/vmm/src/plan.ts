@@ -33,26 +33,30 @@ export interface PlannedCall {
 export type Track = 'teardown' | 'boot';
 
 /** The steps a plan is made of. */
-export type StepName =
-  | 'create-vm'
-  | 'init-vm'
-  | 'create-vcpus'
-  | 'create-guest-memfd'
-  | 'map-guest-memfd'
-  | 'create-memslots'
-  | 'init-vcpus'
-  | 'init-mem-region'
-  | 'finalize'
-  | 'run'
-  | 'stop-vcpus'
-  | 'terminate-vm'
-  | 'delete-memslots'
-  | 'close-vcpus'
-  | 'close-vm'
-  | 'link-guest-memfd'
-  | 'unmap-old-guest-memfd'
-  | 'close-guest-memfd'
-  | 'close-old-guest-memfd';
+export const STEP_NAMES = [
+  'create-vm',
+  'init-vm',
+  'create-vcpus',
+  'create-guest-memfd',
+  'map-guest-memfd',
+  'create-memslots',
+  'init-vcpus',
+  'init-mem-region',
+  'finalize',
+  'run',
+  'stop-vcpus',
+  'terminate-vm',
+  'delete-memslots',
+  'close-vcpus',
+  'close-vm',
+  'link-guest-memfd',
+  'unmap-old-guest-memfd',
+  'close-guest-memfd',
+  'close-old-guest-memfd',
+] as const;
+
+/** One of {@link STEP_NAMES}. */
+export type StepName = (typeof STEP_NAMES)[number];
 
 /** One step: calls applied together, all or nothing, on one track. */
 export interface PlanStep {
