@@ -1,4 +1,4 @@
-import { PAGES_PER_GIB, PAGE_BYTES, countPages } from '#tdx-sim';
+import { PAGES_PER_GIB, PAGE_BYTES } from '#tdx-sim';
 import {
   type Intent,
   type Plan,
@@ -349,10 +349,4 @@ export function planOperation(doc: HostDocument, vm: VmRecord, intent: Intent): 
   const planned = planFor(intent, doc.sim.config.kernel, shape, vm.handles);
   if (!planned.ok) throw new Error(`VM ${vm.id}: ${planned.refusal.message}`);
   return planned.plan;
-}
-
-/** Pages a VM's guest_memfds hold on its host (for views). */
-export function guestMemfdPages(doc: HostDocument, inode: number): number {
-  const state = doc.sim.inodes[inode];
-  return state === undefined ? 0 : countPages(state.allocated);
 }

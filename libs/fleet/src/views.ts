@@ -2,6 +2,7 @@ import {
   type KernelFeatures,
   type CostModelName,
   GIB_BYTES,
+  countPages,
   hkidUsage,
   memoryUsageBytes,
   pagesToBytes,
@@ -130,8 +131,7 @@ export function vmView(doc: HostDocument, vm: VmRecord): VmView {
     memslots,
     guestMemfds: vm.guestMemfds.map((g) => {
       const inode = doc.sim.inodes[g.inode];
-      const allocated =
-        inode === undefined ? 0 : inode.allocated.reduce((sum, [s, e]) => sum + e - s, 0);
+      const allocated = inode === undefined ? 0 : countPages(inode.allocated);
       return {
         id: g.id,
         bytes: g.bytes,

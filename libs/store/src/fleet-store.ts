@@ -394,10 +394,4 @@ export class FleetStore {
     }
     return batch as unknown as BatchRecord;
   }
-
-  /** Publishes lifecycle events to every API process's event stream. */
-  async publish(events: readonly FleetEvent[]): Promise<void> {
-    if (events.length === 0) return;
-    await this.redis.publish(this.keys.events, JSON.stringify(events));
-  }
 }

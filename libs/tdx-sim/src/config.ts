@@ -42,6 +42,23 @@ export const MAINLINE_KERNEL: KernelFeatures = {
   privatePageSize: '4K',
 };
 
+/** Every combination of the three kernel switches (3 x 2 x 2 = 12). */
+export const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap(
+  (terminateVm) =>
+    [false, true].flatMap((linkGuestMemfd) =>
+      (['4K', '2M'] as const).map((privatePageSize) => ({
+        terminateVm,
+        linkGuestMemfd,
+        privatePageSize,
+      })),
+    ),
+);
+
+/** A short label of a kernel, e.g. `terminate=v4 link=on 2M`. */
+export function kernelLabel(kernel: KernelFeatures): string {
+  return `terminate=${kernel.terminateVm} link=${kernel.linkGuestMemfd ? 'on' : 'off'} ${kernel.privatePageSize}`;
+}
+
 /** Options accepted by {@link makeHostConfig}; anything left out takes its default. */
 export interface HostConfigInput {
   packages?: number;

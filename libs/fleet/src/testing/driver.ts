@@ -4,7 +4,7 @@
  * on one host interleaved the way concurrent workers would run them. Not exported from the
  * library's index; used by the `*.spec.ts` files only.
  */
-import { GIB_BYTES, type KernelFeatures } from '#tdx-sim';
+import { ALL_KERNELS, GIB_BYTES, type KernelFeatures, kernelLabel } from '#tdx-sim';
 import type { RebootStrategy, TerminateStrategy } from '#vmm';
 import {
   type Advance,
@@ -18,7 +18,7 @@ import { createVm } from '../operations.js';
 
 /** Bytes in one MiB. */
 export const MIB = 1024 * 1024;
-export { GIB_BYTES };
+export { ALL_KERNELS, GIB_BYTES, kernelLabel };
 
 /** The mainline kernel: cold reboot and close only. */
 export const MAINLINE: KernelFeatures = {
@@ -44,23 +44,6 @@ export const AUG_LINK_2M: KernelFeatures = {
   linkGuestMemfd: true,
   privatePageSize: '2M',
 };
-
-/** Every combination of the three kernel switches (3 x 2 x 2 = 12). */
-export const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap(
-  (terminateVm) =>
-    [false, true].flatMap((linkGuestMemfd) =>
-      (['4K', '2M'] as const).map((privatePageSize) => ({
-        terminateVm,
-        linkGuestMemfd,
-        privatePageSize,
-      })),
-    ),
-);
-
-/** A short label for test names. */
-export function kernelLabel(kernel: KernelFeatures): string {
-  return `terminate=${kernel.terminateVm} link=${kernel.linkGuestMemfd ? 'on' : 'off'} ${kernel.privatePageSize}`;
-}
 
 /** Whether a host with `kernel` can reboot with `strategy`. */
 export function canReboot(kernel: KernelFeatures, strategy: RebootStrategy): boolean {

@@ -5,6 +5,8 @@
  */
 import type { CallOutcome, CallSuccess, CallValue, SimCall } from '../calls.js';
 import { type HostConfigInput, type KernelFeatures, makeHostConfig } from '../config.js';
+
+export { ALL_KERNELS, kernelLabel } from '../config.js';
 import { applyCall, createHost, settleAll } from '../host.js';
 import { countPages } from '../ranges.js';
 import type { HostState, VmState } from '../state.js';
@@ -14,23 +16,6 @@ import { GIB_BYTES, PAGE_BYTES } from '../units.js';
 export const MIB = 1024 * 1024;
 /** Bytes in one 2 MiB leaf. */
 export const TWO_MIB = 2 * MIB;
-
-/** Every combination of the three kernel switches (3 x 2 x 2 = 12). */
-export const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap(
-  (terminateVm) =>
-    [false, true].flatMap((linkGuestMemfd) =>
-      (['4K', '2M'] as const).map((privatePageSize) => ({
-        terminateVm,
-        linkGuestMemfd,
-        privatePageSize,
-      })),
-    ),
-);
-
-/** A short label for test names, e.g. `terminate=v4 link=on 2M`. */
-export function kernelLabel(kernel: KernelFeatures): string {
-  return `terminate=${kernel.terminateVm} link=${kernel.linkGuestMemfd ? 'on' : 'off'} ${kernel.privatePageSize}`;
-}
 
 /** A small host: 8 GiB, 4 HKIDs, 2 packages, 8 CPUs unless told otherwise. */
 export function smallHost(kernel: KernelFeatures, input: HostConfigInput = {}): HostState {
