@@ -1,4 +1,11 @@
-import { type CallOutcome, type Errno, applyCalls, pagesToBytes } from '#tdx-sim';
+import {
+  type CallOutcome,
+  type Errno,
+  type HostState,
+  applyCallsInPlace,
+  cloneHost,
+  pagesToBytes,
+} from '#tdx-sim';
 import {
   type Plan,
   type PlanStep,
@@ -66,6 +73,8 @@ export type Advance =
   | {
       kind: 'commit';
       doc: HostDocument;
+      /** The operation as committed (the same record as `finished` when it ended). */
+      op: OperationRecord;
       events: FleetEvent[];
       finished: OperationRecord | null;
       wakeAtMs: number;
@@ -115,9 +124,56 @@ export function advanceOperation(
   opId: string,
   options: ExecutorOptions,
 ): Advance {
+  return advanceOne(doc, opId, options, new WeakSet());
+}
+
+/** What {@link advanceOperations} did to one operation. */
+export type BatchAdvance =
+  | Extract<Advance, { kind: 'wait' }>
+  | Omit<Extract<Advance, { kind: 'commit' }>, 'doc'>
+  /** Not in the document: it finished, or was cancelled while queued, elsewhere. */
+  | { kind: 'missing' };
+
+/**
+ * Advances several operations of one host in turn, each on the document the previous one left,
+ * as {@link advanceOperation} would one after the other, and returns the document after all of
+ * them. The simulated host is copied once for the batch and changed in place by every step
+ * after that (instead of once per step), which is what a worker advancing many operations of a
+ * host at a time spends most of its time on. Pure: `doc` is not changed.
+ */
+export function advanceOperations(
+  doc: HostDocument,
+  opIds: readonly string[],
+  options: ExecutorOptions,
+): { doc: HostDocument; advances: BatchAdvance[] } {
+  const ownedSims = new WeakSet<HostState>();
+  let current = doc;
+  const advances = opIds.map((opId): BatchAdvance => {
+    if (current.ops[opId] === undefined) return { kind: 'missing' };
+    const advance = advanceOne(current, opId, options, ownedSims);
+    if (advance.kind === 'wait') return advance;
+    const { doc: next, ...rest } = advance;
+    current = next;
+    return rest;
+  });
+  return { doc: current, advances };
+}
+
+/**
+ * {@link advanceOperation}, with the simulated hosts in `ownedSims` (made by this batch, seen by
+ * no one else) changed in place; any other is copied first and the copy added to the set.
+ */
+function advanceOne(
+  doc: HostDocument,
+  opId: string,
+  options: ExecutorOptions,
+  ownedSims: WeakSet<HostState>,
+): Advance {
   const now = options.nowMs;
   let draft = settleDue(doc, now);
   let changed = draft !== doc;
+  // Settling copies the host's top level only: what it shares is the batch's own if the input was.
+  if (changed && ownedSims.has(doc.sim)) ownedSims.add(draft.sim);
   const original = draft.ops[opId];
   if (original === undefined) throw new NotFoundError('job', opId);
   const op = cloneOperation(original);
@@ -129,7 +185,7 @@ export function advanceOperation(
     const ops = { ...draft.ops };
     if (finished === null) ops[op.id] = op;
     else delete ops[op.id];
-    return { kind: 'commit', doc: { ...draft, ops }, events, finished, wakeAtMs };
+    return { kind: 'commit', doc: { ...draft, ops }, op, events, finished, wakeAtMs };
   };
   const waitOrCommit = (
     untilMs: number,
@@ -214,7 +270,13 @@ export function advanceOperation(
     }
 
     const calls = resolveStep(step, op.bindings);
-    const result = applyCalls(draft.sim, calls);
+    // Steps change a private copy of the simulated host in place (a refused step restores it):
+    // one copy per batch instead of copy-on-write per step.
+    if (!ownedSims.has(draft.sim)) {
+      draft = { ...draft, sim: cloneHost(draft.sim) };
+      ownedSims.add(draft.sim);
+    }
+    const result = applyCallsInPlace(draft.sim, calls);
     if (result.failedAt !== null) {
       const failed = result.outcomes[result.failedAt];
       if (failed === undefined || failed.ok) throw new Error('a refused batch without its refusal');
@@ -260,6 +322,7 @@ export function advanceOperation(
 
     const releasesHkid = result.outcomes.some((o) => o.ok && o.effects.releasedHkid !== null);
     if (releasesHkid && draft.hkidReleaseBusyUntilMs > now) {
+      result.undo();
       // The kernel releases HKIDs under one global lock: wait for the release in progress.
       // The wait counts like any other (waitedMs, and virtual time: the VM is down meanwhile).
       if (cursor.waitingSinceMs === null) {

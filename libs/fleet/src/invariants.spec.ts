@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import { type KernelFeatures, PAGE_BYTES, checkInvariants } from '#tdx-sim';
 import { REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 import { FleetError, InvalidRequestError } from './errors.js';
-import { advanceOperation } from './executor.js';
+import { advanceOperation, advanceOperations } from './executor.js';
 import { settleDue } from './host-document.js';
 import type { HostDocument, OperationRecord } from './model.js';
 import { createVm, pagesNeeded, requestCancel, submitOperation } from './operations.js';
@@ -31,6 +31,7 @@ type Command =
   | { kind: 'terminate'; vm: number; strategy: (typeof TERMINATE_STRATEGIES)[number] }
   | { kind: 'cancel'; op: number }
   | { kind: 'advance'; op: number }
+  | { kind: 'advanceBatch'; host: number; ops: number }
   | { kind: 'work'; host: number; ms: number }
   | { kind: 'tick'; ms: number };
 
@@ -62,6 +63,14 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   },
   { arbitrary: fc.record({ kind: fc.constant('cancel' as const), op: fc.nat() }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('advance' as const), op: fc.nat() }), weight: 4 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('advanceBatch' as const),
+      host: fc.nat(2),
+      ops: fc.nat(),
+    }),
+    weight: 2,
+  },
   {
     arbitrary: fc.record({
       kind: fc.constant('work' as const),
@@ -320,6 +329,31 @@ function runFleet(
         } else {
           assert.ok(advance.untilMs > now || advance.reason === 'resources');
         }
+        break;
+      }
+      case 'advanceBatch': {
+        // What a worker does with the operations of one host it holds: advance them together.
+        // The same as advancing them one after the other, and the input is left as it was.
+        const i = cmd.host % docs.length;
+        const doc = docs[i];
+        assert.ok(doc);
+        const ids = Object.keys(doc.ops);
+        const opIds = ids.filter((_, k) => (cmd.ops >> k) % 2 === 1 || k === ids.length - 1);
+        if (opIds.length === 0) break;
+        const before = structuredClone(doc);
+        const batch = advanceOperations(doc, opIds, at(now, run));
+        assert.deepEqual(doc, before, `${where}: advanceOperations leaves its input unchanged`);
+        let oneByOne = doc;
+        batch.advances.forEach((advance, k) => {
+          const single = advanceOperation(oneByOne, opIds[k] ?? '', at(now, run));
+          assert.equal(advance.kind, single.kind, `${where}: ${opIds[k]} advanced alike`);
+          if (single.kind === 'commit') {
+            oneByOne = single.doc;
+            if (single.finished !== null) finished.push(single.finished);
+          }
+        });
+        assert.deepEqual(batch.doc, oneByOne, `${where}: a batch ends where one by one does`);
+        if (batch.doc !== doc) store(i, batch.doc, where);
         break;
       }
       case 'work': {

@@ -172,8 +172,7 @@ export class FleetWorkers {
     );
     const outcome = await this.operationRunner.run(data.opId, data.hostId, this.abort.signal, {
       committed: async (advance) => {
-        const op = advance.finished ?? advance.doc.ops[data.opId];
-        const counted = op?.steps.filter((s) => s.state !== 'skipped') ?? [];
+        const counted = advance.op.steps.filter((s) => s.state !== 'skipped');
         const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
         const progress = counted.length === 0 ? 100 : Math.round((done / counted.length) * 100);
         // The commit published the events. Then the queue's progress (a finished job's

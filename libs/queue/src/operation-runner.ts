@@ -1,16 +1,17 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  type Advance,
+  type BatchAdvance,
   type ExecutorOptions,
   type FleetEvent,
   type HostDocument,
   type JobState,
   type OperationRecord,
-  advanceOperation,
+  advanceOperations,
 } from '#fleet';
 import type { FleetStore } from '#store';
 
-type Committed = Extract<Advance, { kind: 'commit' }>;
+/** An operation's change in a commit: its record, its events, and whether it finished. */
+export type Committed = Extract<BatchAdvance, { kind: 'commit' }>;
 
 /** What one advance of an operation came to. */
 type StepResult =
@@ -40,7 +41,7 @@ export type RunOutcome =
 
 /** Called after every committed change: progress for the queue, events for the API. */
 export interface RunObserver {
-  committed(advance: Extract<Advance, { kind: 'commit' }>): Promise<void>;
+  committed(advance: Committed): Promise<void>;
 }
 
 /**
@@ -153,17 +154,23 @@ export class OperationRunner {
       maxWaitMs: this.options.stepWaitTimeoutMs,
       pollMs: this.options.pollMs,
     };
-    let current = doc;
+    if (doc === null)
+      return optimistic
+        ? null
+        : this.lookUpFinished(
+            opIds.map(() => null),
+            opIds,
+          );
+    const batch = advanceOperations(doc, opIds, executorOptions);
     const results: Array<StepResult | null> = [];
     const finished: OperationRecord[] = [];
     const events: FleetEvent[] = [];
-    for (const opId of opIds) {
-      if (current?.ops[opId] === undefined) {
+    for (const advance of batch.advances) {
+      if (advance.kind === 'missing') {
         if (optimistic) return null;
         results.push(null); // finished (or cancelled while queued) elsewhere: looked up below
         continue;
       }
-      const advance = advanceOperation(current, opId, executorOptions);
       if (advance.kind === 'wait') {
         if (optimistic) return null;
         results.push(
@@ -173,7 +180,6 @@ export class OperationRunner {
         );
         continue;
       }
-      current = advance.doc;
       events.push(...advance.events);
       if (advance.finished !== null) {
         finished.push(advance.finished);
@@ -182,8 +188,9 @@ export class OperationRunner {
         results.push({ kind: 'sleep', untilMs: advance.wakeAtMs, commit: advance });
       }
     }
+    const current = batch.doc;
     const committing = results.some((r) => r !== null && 'commit' in r && r.commit !== null);
-    if (doc !== null && current !== null && committing) {
+    if (committing) {
       const committed = await this.store.commitMany(
         { ...current, version: doc.version },
         finished,

@@ -89,19 +89,28 @@ export interface BatchResult {
  * unchanged, with the outcomes up to and including the refusal.
  */
 export function applyCalls(state: HostState, calls: readonly SimCall[]): BatchResult {
-  return runBatch(state, calls, false);
+  return runOn(new Draft(state, false), state, calls);
+}
+
+/** The result of {@link applyCallsInPlace}. */
+export interface InPlaceBatchResult extends BatchResult {
+  /**
+   * Restores the state as it was before the batch, for a caller that decides on seeing the
+   * outcomes not to keep them. Only until the state is changed again.
+   */
+  undo(): void;
 }
 
 /**
  * {@link applyCalls} for a caller that owns `state` and no longer needs the state before: the
  * calls change it in place (no copies), and a refusal restores it exactly. Returns `state`.
  */
-export function applyCallsInPlace(state: HostState, calls: readonly SimCall[]): BatchResult {
-  return runBatch(state, calls, true);
+export function applyCallsInPlace(state: HostState, calls: readonly SimCall[]): InPlaceBatchResult {
+  const draft = new Draft(state, true);
+  return { ...runOn(draft, state, calls), undo: () => draft.rollback() };
 }
 
-function runBatch(state: HostState, calls: readonly SimCall[], inPlace: boolean): BatchResult {
-  const draft = new Draft(state, inPlace);
+function runOn(draft: Draft, state: HostState, calls: readonly SimCall[]): BatchResult {
   const outcomes: CallOutcome[] = [];
   const tx = new Transaction(draft);
   for (const [index, call] of calls.entries()) {
