@@ -46,43 +46,107 @@ export interface IdempotencyRecord {
 export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
-// Commits a host document if its version is still the one it was read at; finished operations
-// (KEYS[2..], ARGV[7..]) are stored beside it in the same step, and the change's events (ARGV[6],
-// if any) published on the channel ARGV[5]. Returns 1, or 0 on a conflict.
+// A host document is one Redis hash: `version`, `core` (the host's own fields), `sim` (the
+// simulated host), and one field per VM (`vm:<id>`) and per active operation (`op:<id>`). A
+// commit writes only the fields that changed, so a job's commit does not rewrite the other VMs
+// and the queued operations of its host.
+const VERSION_FIELD = 'version';
+const CORE_FIELD = 'core';
+const SIM_FIELD = 'sim';
+const VM_FIELD = 'vm:';
+const OP_FIELD = 'op:';
+/** The whole document as one JSON field: what earlier versions wrote; read, and replaced on commit. */
+const LEGACY_DOC_FIELD = 'doc';
+
+// Commits a host document if its version is still ARGV[1] ('-1': the host must not exist yet).
+// ARGV[6] 'full' replaces the whole hash; else only the ARGV[7] field/value pairs are written and
+// the ARGV[8] fields after them deleted. Finished operations (KEYS[2..], the values after that)
+// are stored beside it in the same step, and the change's events (ARGV[5], if any) published on
+// the channel ARGV[4]. Returns 1, or 0 on a conflict.
 const COMMIT_SCRIPT = `
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3])
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ARGV[4])
+if ARGV[6] == 'full' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'version', ARGV[2])
+local i = 9
+for _ = 1, tonumber(ARGV[7]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+for k = 2, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[3])
+  i = i + 1
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 `;
 
 // Returns nil for a missing document, {version} when the caller already holds that version,
-// else {version, doc}.
+// else every field and value of the hash.
 const READ_SCRIPT = `
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return nil end
 if version == ARGV[1] then return {version} end
-return {version, redis.call('HGET', KEYS[1], 'doc')}
+return redis.call('HGETALL', KEYS[1])
 `;
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/**
- * Checks that a host document read from Redis has the shape this code relies on (Redis content
- * is input like any other). Deeper consistency is the simulator's `checkInvariants`.
- */
-function parseHostDocument(key: string, json: string, version: string): HostDocument {
-  let doc: unknown;
+function parseJson(key: string, field: string, json: string): unknown {
   try {
-    doc = JSON.parse(json);
+    return JSON.parse(json) as unknown;
   } catch {
-    throw new CorruptRecordError(key, 'not JSON');
+    throw new CorruptRecordError(key, `${field} is not JSON`);
+  }
+}
+
+/** The host's own fields: the document less its simulated host, VMs and operations. */
+type HostCore = Omit<HostDocument, 'version' | 'sim' | 'vms' | 'ops'>;
+
+function coreOf(doc: HostDocument): HostCore {
+  const { version: _version, sim: _sim, vms: _vms, ops: _ops, ...core } = doc;
+  return core;
+}
+
+/** Documents read in the one-field layout: their next commit writes them whole. */
+const legacyDocs = new WeakSet<HostDocument>();
+
+/**
+ * A host document from the fields of its hash (as HGETALL lists them), checked for the shape this
+ * code relies on (Redis content is input like any other). Deeper consistency is the simulator's
+ * `checkInvariants`.
+ */
+function parseHostFields(key: string, fields: ReadonlyMap<string, string>): HostDocument {
+  const version = Number(fields.get(VERSION_FIELD));
+  if (!Number.isSafeInteger(version)) throw new CorruptRecordError(key, 'bad version');
+  let doc: unknown;
+  const legacy = fields.get(LEGACY_DOC_FIELD);
+  if (legacy !== undefined) {
+    doc = parseJson(key, LEGACY_DOC_FIELD, legacy);
+  } else {
+    const core = fields.get(CORE_FIELD);
+    const sim = fields.get(SIM_FIELD);
+    if (core === undefined || sim === undefined) {
+      throw new CorruptRecordError(key, 'not a host document');
+    }
+    const vms: Record<string, unknown> = {};
+    const ops: Record<string, unknown> = {};
+    for (const [field, json] of fields) {
+      if (field.startsWith(VM_FIELD))
+        vms[field.slice(VM_FIELD.length)] = parseJson(key, field, json);
+      else if (field.startsWith(OP_FIELD))
+        ops[field.slice(OP_FIELD.length)] = parseJson(key, field, json);
+    }
+    const parsedCore = parseJson(key, CORE_FIELD, core);
+    doc = isRecord(parsedCore)
+      ? { ...parsedCore, sim: parseJson(key, SIM_FIELD, sim), vms, ops }
+      : null;
   }
   if (
     !isRecord(doc) ||
@@ -95,9 +159,44 @@ function parseHostDocument(key: string, json: string, version: string): HostDocu
   ) {
     throw new CorruptRecordError(key, 'not a host document');
   }
-  const parsedVersion = Number(version);
-  if (!Number.isSafeInteger(parsedVersion)) throw new CorruptRecordError(key, 'bad version');
-  return { ...(doc as unknown as HostDocument), version: parsedVersion };
+  const parsed = { ...(doc as unknown as HostDocument), version };
+  if (legacy !== undefined) legacyDocs.add(parsed);
+  return parsed;
+}
+
+/** HGETALL's flat reply as a map. */
+function fieldMap(reply: readonly string[]): Map<string, string> {
+  const fields = new Map<string, string>();
+  for (let i = 0; i + 1 < reply.length; i += 2) fields.set(reply[i] ?? '', reply[i + 1] ?? '');
+  return fields;
+}
+
+/**
+ * The fields a commit of `next` writes and deletes. Against `base` (the version it was read at,
+ * when this process holds it): only what changed, found by identity, since documents are never
+ * changed in place (every change makes new objects). Without a base: every field.
+ */
+function fieldChanges(
+  base: HostDocument | null,
+  next: HostDocument,
+): { set: string[]; del: string[] } {
+  const set: string[] = [CORE_FIELD, JSON.stringify(coreOf(next))];
+  const del: string[] = [];
+  if (base?.sim !== next.sim) set.push(SIM_FIELD, JSON.stringify(next.sim));
+  const records = (
+    prefix: string,
+    before: Record<string, unknown>,
+    after: Record<string, unknown>,
+  ) => {
+    if (before === after) return;
+    for (const [id, record] of Object.entries(after)) {
+      if (before[id] !== record) set.push(prefix + id, JSON.stringify(record));
+    }
+    for (const id of Object.keys(before)) if (after[id] === undefined) del.push(prefix + id);
+  };
+  records(VM_FIELD, base?.vms ?? {}, next.vms);
+  records(OP_FIELD, base?.ops ?? {}, next.ops);
+  return { set, del };
 }
 
 function parseOperation(key: string, json: string): OperationRecord {
@@ -140,11 +239,9 @@ export class FleetStore {
 
   /** Stores a new host; throws {@link HostExistsError} when the id is taken. */
   async createHost(doc: HostDocument): Promise<HostDocument> {
-    const key = this.keys.hostDoc(doc.id);
-    const created = await this.redis.hsetnx(key, 'version', '1');
-    if (created === 0) throw new HostExistsError(doc.id);
-    const stored = { ...doc, version: 1 };
-    await this.redis.hset(key, 'doc', JSON.stringify(stored));
+    // "-1" is the version of a host that does not exist: the script refuses one that does.
+    const stored = await this.write(null, { ...doc, version: 1 }, '-1', [], []);
+    if (stored === null) throw new HostExistsError(doc.id);
     await this.redis.sadd(this.keys.hosts, doc.id);
     return stored;
   }
@@ -167,17 +264,16 @@ export class FleetStore {
       1,
       key,
       known === undefined ? '' : String(known.version),
-    )) as [string, string?] | null;
+    )) as string[] | null;
     if (reply === null) {
       this.lastSeen.delete(hostId);
       return null;
     }
-    const [version, json] = reply;
-    if (json === undefined) {
-      if (known !== undefined && String(known.version) === version) return known;
+    if (reply.length === 1) {
+      if (known !== undefined && String(known.version) === reply[0]) return known;
       return this.getHostFresh(hostId);
     }
-    const doc = parseHostDocument(key, json, version);
+    const doc = parseHostFields(key, fieldMap(reply));
     this.remember(doc);
     return doc;
   }
@@ -185,9 +281,9 @@ export class FleetStore {
   /** Reads the document whatever this process holds. */
   private async getHostFresh(hostId: string): Promise<HostDocument | null> {
     const key = this.keys.hostDoc(hostId);
-    const [version, json] = await this.redis.hmget(key, 'version', 'doc');
-    if (version == null || json == null) return null;
-    const doc = parseHostDocument(key, json, version);
+    const reply = await this.redis.hgetall(key);
+    if (reply[VERSION_FIELD] === undefined) return null;
+    const doc = parseHostFields(key, new Map(Object.entries(reply)));
     this.remember(doc);
     return doc;
   }
@@ -213,15 +309,15 @@ export class FleetStore {
     const ids = await this.hostIds();
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hmget(this.keys.hostDoc(id), 'version', 'doc');
+    for (const id of ids) pipeline.hgetall(this.keys.hostDoc(id));
     const replies = (await pipeline.exec()) ?? [];
     const docs: HostDocument[] = [];
     replies.forEach(([error, reply], i) => {
       if (error !== null) throw error;
-      const [version, json] = reply as [string | null, string | null];
+      const fields = reply as Record<string, string>;
       const id = ids[i];
-      if (id !== undefined && version !== null && json !== null) {
-        docs.push(parseHostDocument(this.keys.hostDoc(id), json, version));
+      if (id !== undefined && fields[VERSION_FIELD] !== undefined) {
+        docs.push(parseHostFields(this.keys.hostDoc(id), new Map(Object.entries(fields))));
       }
     });
     return docs;
@@ -238,24 +334,46 @@ export class FleetStore {
     return this.commitMany(doc, finished === null ? [] : [finished]);
   }
 
-  /** {@link commit} with any number of finished operations. */
+  /** {@link commit} with any number of finished operations, and the change's events. */
   async commitMany(
     doc: HostDocument,
     finished: readonly OperationRecord[],
     events: readonly FleetEvent[] = [],
   ): Promise<HostDocument | null> {
+    const known = this.lastSeen.get(doc.id);
+    // A document read in the earlier one-field layout is written whole, which converts it.
+    const base = known?.version === doc.version && !legacyDocs.has(known) ? known : null;
     const next = { ...doc, version: doc.version + 1 };
+    return this.write(base, next, String(doc.version), finished, events);
+  }
+
+  /**
+   * Writes `next` if Redis still holds version `expected`: only what changed since `base` (that
+   * version as this process holds it), or the whole hash without one.
+   */
+  private async write(
+    base: HostDocument | null,
+    next: HostDocument,
+    expected: string,
+    finished: readonly OperationRecord[],
+    events: readonly FleetEvent[],
+  ): Promise<HostDocument | null> {
+    const { set, del } = fieldChanges(base, next);
     const result = await this.redis.eval(
       COMMIT_SCRIPT,
       1 + finished.length,
-      this.keys.hostDoc(doc.id),
-      ...finished.map((op) => this.keys.finishedJob(doc.id, op.id)),
-      String(doc.version),
+      this.keys.hostDoc(next.id),
+      ...finished.map((op) => this.keys.finishedJob(next.id, op.id)),
+      expected,
       String(next.version),
-      JSON.stringify(next),
       String(FINISHED_JOB_TTL_SECONDS),
       this.keys.events,
       events.length === 0 ? '' : JSON.stringify(events),
+      base === null ? 'full' : 'delta',
+      String(set.length / 2),
+      String(del.length),
+      ...set,
+      ...del,
       ...finished.map((op) => JSON.stringify(op)),
     );
     if (result !== 1) return null;

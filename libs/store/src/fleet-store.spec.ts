@@ -1,0 +1,180 @@
+/**
+ * The host documents in Redis (a real redis-server of its own): what one process commits, any
+ * other reads back exactly, whatever the interleaving; conflicts are refused; a document in the
+ * earlier one-field layout is read and converted by its next commit.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import fc from 'fast-check';
+import {
+  type HostDocument,
+  advanceOperations,
+  createHostDocument,
+  createVm,
+  submitOperation,
+} from '#fleet';
+import { Redis } from 'ioredis';
+import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
+import { CorruptRecordError, FleetStore, HostExistsError } from './fleet-store.js';
+
+const GIB = 1024 ** 3;
+const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
+
+function newHost(id: string): HostDocument {
+  return createHostDocument(
+    { id, memoryGiB: 32, hkids: 8, packages: 2, cpus: 16, kernel: KERNEL },
+    1000,
+  );
+}
+
+/** One change a process makes to a host: what the API and the workers do. */
+type Change =
+  | { kind: 'create'; vcpus: number }
+  | { kind: 'reboot'; vm: number; strategy: 'cold' | 'terminate' | 'reuse' }
+  | { kind: 'advance'; ops: number };
+
+const change: fc.Arbitrary<Change> = fc.oneof(
+  fc.record({ kind: fc.constant('create' as const), vcpus: fc.integer({ min: 1, max: 4 }) }),
+  fc.record({
+    kind: fc.constant('reboot' as const),
+    vm: fc.nat(),
+    strategy: fc.constantFrom('cold' as const, 'terminate' as const, 'reuse' as const),
+  }),
+  fc.record({ kind: fc.constant('advance' as const), ops: fc.nat() }),
+);
+
+function apply(doc: HostDocument, c: Change, n: number): HostDocument {
+  const vms = Object.values(doc.vms).filter((vm) => vm.activeJob === null);
+  switch (c.kind) {
+    case 'create':
+      if (Object.keys(doc.vms).length >= 6) return doc;
+      return createVm(doc, {
+        vmId: `vm-${n}`,
+        opId: `boot-${n}`,
+        vcpus: c.vcpus,
+        memoryBytes: GIB,
+        nowMs: 1000 + n,
+      }).doc;
+    case 'reboot': {
+      const vm = vms[c.vm % Math.max(1, vms.length)];
+      if (vm === undefined || vm.state !== 'running') return doc;
+      return submitOperation(doc, {
+        opId: `op-${n}`,
+        vmId: vm.id,
+        action: 'reboot',
+        strategy: c.strategy,
+        nowMs: 1000 + n,
+      }).doc;
+    }
+    case 'advance': {
+      const ids = Object.keys(doc.ops).filter((_, k) => (c.ops >> k) % 2 === 0);
+      if (ids.length === 0) return doc;
+      return advanceOperations(doc, ids, {
+        nowMs: 1000 + n,
+        timeScale: 0,
+        hostConcurrency: 2,
+        maxWaitMs: 0,
+        pollMs: 10,
+      }).doc;
+    }
+  }
+}
+
+describe('host documents in Redis', () => {
+  let redis: TestRedis;
+  let client: Redis;
+  before(async () => {
+    redis = await startTestRedis();
+    client = new Redis(redis.url);
+  });
+  after(async () => {
+    client.disconnect();
+    await redis.stop();
+  });
+
+  it('what two processes commit in turn, a third reads back exactly', async () => {
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.record({ writer: fc.nat(1), change }), { minLength: 1, maxLength: 25 }),
+        async (steps) => {
+          const prefix = `interleave-${run++}`;
+          const writers = [new FleetStore(client, prefix), new FleetStore(client, prefix)];
+          const created = await writers[0]!.createHost(newHost('h'));
+          let latest = created;
+          for (const [n, step] of steps.entries()) {
+            const writer = writers[step.writer]!;
+            const { doc } = await writer.update('h', (current) => ({
+              doc: apply(current, step.change, n),
+              value: null,
+            }));
+            latest = doc;
+            const reader = new FleetStore(client, prefix);
+            assert.deepEqual(await reader.getHost('h'), latest, `after step ${n}`);
+          }
+          assert.deepEqual(await new FleetStore(client, prefix).listHosts(), [latest]);
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it('a commit on a version that is no longer current is refused and changes nothing', async () => {
+    const a = new FleetStore(client, 'conflict');
+    const b = new FleetStore(client, 'conflict');
+    const created = await a.createHost(newHost('h'));
+    const booted = createVm(created, {
+      vmId: 'vm-1',
+      opId: 'boot-1',
+      vcpus: 1,
+      memoryBytes: GIB,
+      nowMs: 1000,
+    }).doc;
+    assert.ok(await b.commit(booted), 'the first commit on version 1 lands');
+    const other = createVm(created, {
+      vmId: 'vm-2',
+      opId: 'boot-2',
+      vcpus: 1,
+      memoryBytes: GIB,
+      nowMs: 1000,
+    }).doc;
+    assert.equal(await a.commit(other), null, 'a second commit on version 1 is refused');
+    const stored = await new FleetStore(client, 'conflict').getHost('h');
+    assert.equal(stored?.version, 2);
+    assert.deepEqual(Object.keys(stored?.vms ?? {}), ['vm-1']);
+  });
+
+  it('a host id that exists cannot be created again', async () => {
+    const store = new FleetStore(client, 'exists');
+    const first = await store.createHost(newHost('h'));
+    await assert.rejects(store.createHost(newHost('h')), HostExistsError);
+    assert.deepEqual(await new FleetStore(client, 'exists').getHost('h'), first);
+  });
+
+  it('reads a document of the earlier one-field layout, and its next commit converts it', async () => {
+    const doc = { ...newHost('h'), version: 7 };
+    const key = new FleetStore(client, 'legacy').keys.hostDoc('h');
+    await client.hset(key, 'version', '7', 'doc', JSON.stringify(doc));
+    const store = new FleetStore(client, 'legacy');
+    assert.deepEqual(await store.getHost('h'), doc);
+    const { doc: updated } = await store.update('h', (current) => ({
+      doc: createVm(current, {
+        vmId: 'vm-1',
+        opId: 'boot-1',
+        vcpus: 1,
+        memoryBytes: GIB,
+        nowMs: 1000,
+      }).doc,
+      value: null,
+    }));
+    assert.equal(await client.hexists(key, 'doc'), 0, 'the one-field copy is gone');
+    assert.deepEqual(await new FleetStore(client, 'legacy').getHost('h'), updated);
+  });
+
+  it('a field that is not JSON is reported as a corrupt record', async () => {
+    const store = new FleetStore(client, 'corrupt');
+    await store.createHost(newHost('h'));
+    await client.hset(store.keys.hostDoc('h'), 'sim', '{not json');
+    await assert.rejects(new FleetStore(client, 'corrupt').getHost('h'), CorruptRecordError);
+  });
+});
