@@ -32,9 +32,41 @@ function isEvent(value: unknown): value is FleetEvent {
   );
 }
 
+/** One job's events of a commit, sent once with what they share. */
+interface JobEvents {
+  hostId: string;
+  vmId: string;
+  jobId: string;
+  atMs: number;
+  events: Array<Omit<FleetEvent, 'hostId' | 'vmId' | 'jobId' | 'atMs'>>;
+}
+
 /**
- * Parses one pub/sub message (what `FleetStore.publish` sends: a JSON array of events). Redis
- * content is input like any other: anything that is not an event is left out.
+ * One pub/sub message for the events of a commit: grouped by job, so what every event of a job
+ * shares (host, VM, job, time) is sent once rather than with each of its steps.
+ */
+export function encodeFleetEvents(events: readonly FleetEvent[]): string {
+  const groups: JobEvents[] = [];
+  let group: JobEvents | undefined;
+  for (const { hostId, vmId, jobId, atMs, ...rest } of events) {
+    if (
+      group?.jobId !== jobId ||
+      group.vmId !== vmId ||
+      group.hostId !== hostId ||
+      group.atMs !== atMs
+    ) {
+      group = { hostId, vmId, jobId, atMs, events: [] };
+      groups.push(group);
+    }
+    group.events.push(rest);
+  }
+  return JSON.stringify(groups);
+}
+
+/**
+ * Parses one pub/sub message: what {@link encodeFleetEvents} sends, or a plain array of events
+ * (what earlier versions sent). Redis content is input like any other: anything that is not an
+ * event is left out.
  */
 export function parseFleetEvents(message: string): FleetEvent[] {
   let parsed: unknown;
@@ -43,7 +75,16 @@ export function parseFleetEvents(message: string): FleetEvent[] {
   } catch {
     return [];
   }
-  return Array.isArray(parsed) ? parsed.filter(isEvent) : [];
+  if (!Array.isArray(parsed)) return [];
+  return parsed
+    .flatMap((item: unknown): unknown[] => {
+      if (!isRecord(item) || !Array.isArray(item.events)) return [item];
+      const { hostId, vmId, jobId, atMs } = item;
+      return item.events.map((event: unknown) =>
+        isRecord(event) ? { ...event, hostId, vmId, jobId, atMs } : event,
+      );
+    })
+    .filter(isEvent);
 }
 
 /**

@@ -8,7 +8,9 @@ import {
   type VmRecord,
 } from '#fleet';
 import type { Redis } from 'ioredis';
+import { encodeFleetEvents } from './fleet-events.js';
 import { FleetKeys } from './keys.js';
+import { LuaScript } from './lua-script.js';
 
 /** A document in Redis that is not what this version of the daemon wrote. */
 export class CorruptRecordError extends Error {
@@ -63,7 +65,7 @@ const LEGACY_DOC_FIELD = 'doc';
 // the ARGV[8] fields after them deleted. Finished operations (KEYS[2..], the values after that)
 // are stored beside it in the same step, and the change's events (ARGV[5], if any) published on
 // the channel ARGV[4]. Returns 1, or 0 on a conflict.
-const COMMIT_SCRIPT = `
+const COMMIT_SCRIPT = new LuaScript(`
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
 if ARGV[6] == 'full' then redis.call('DEL', KEYS[1]) end
@@ -83,16 +85,16 @@ for k = 2, #KEYS do
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
-`;
+`);
 
 // Returns nil for a missing document, {version} when the caller already holds that version,
 // else every field and value of the hash.
-const READ_SCRIPT = `
+const READ_SCRIPT = new LuaScript(`
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return nil end
 if version == ARGV[1] then return {version} end
 return redis.call('HGETALL', KEYS[1])
-`;
+`);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -259,11 +261,10 @@ export class FleetStore {
     const key = this.keys.hostDoc(hostId);
     const known = this.lastSeen.get(hostId);
     // One round trip: the version only, when this process already holds that version.
-    const reply = (await this.redis.eval(
-      READ_SCRIPT,
-      1,
-      key,
-      known === undefined ? '' : String(known.version),
+    const reply = (await READ_SCRIPT.run(
+      this.redis,
+      [key],
+      [known === undefined ? '' : String(known.version)],
     )) as string[] | null;
     if (reply === null) {
       this.lastSeen.delete(hostId);
@@ -359,22 +360,22 @@ export class FleetStore {
     events: readonly FleetEvent[],
   ): Promise<HostDocument | null> {
     const { set, del } = fieldChanges(base, next);
-    const result = await this.redis.eval(
-      COMMIT_SCRIPT,
-      1 + finished.length,
-      this.keys.hostDoc(next.id),
-      ...finished.map((op) => this.keys.finishedJob(next.id, op.id)),
-      expected,
-      String(next.version),
-      String(FINISHED_JOB_TTL_SECONDS),
-      this.keys.events,
-      events.length === 0 ? '' : JSON.stringify(events),
-      base === null ? 'full' : 'delta',
-      String(set.length / 2),
-      String(del.length),
-      ...set,
-      ...del,
-      ...finished.map((op) => JSON.stringify(op)),
+    const result = await COMMIT_SCRIPT.run(
+      this.redis,
+      [this.keys.hostDoc(next.id), ...finished.map((op) => this.keys.finishedJob(next.id, op.id))],
+      [
+        expected,
+        String(next.version),
+        String(FINISHED_JOB_TTL_SECONDS),
+        this.keys.events,
+        events.length === 0 ? '' : encodeFleetEvents(events),
+        base === null ? 'full' : 'delta',
+        String(set.length / 2),
+        String(del.length),
+        ...set,
+        ...del,
+        ...finished.map((op) => JSON.stringify(op)),
+      ],
     );
     if (result !== 1) return null;
     this.remember(next);
