@@ -152,9 +152,9 @@ export function advanceOperations(
     if (current.ops[opId] === undefined) return { kind: 'missing' };
     const advance = advanceOne(current, opId, options, ownedSims);
     if (advance.kind === 'wait') return advance;
-    const { doc: next, ...rest } = advance;
-    current = next;
-    return rest;
+    current = advance.doc;
+    const { kind, op, events, finished, wakeAtMs } = advance;
+    return { kind, op, events, finished, wakeAtMs };
   });
   return { doc: current, advances };
 }
@@ -339,17 +339,19 @@ function advanceOne(
     const waitedMs = cursor.waitingSinceMs === null ? 0 : now - cursor.waitingSinceMs;
     const virtualStart =
       cursor.virtualReadyAt + (op.timeScale > 0 ? (waitedMs / 1000) * op.timeScale : 0);
-    const settles = [...draft.settles];
+    // The simulated host changed in place; the document changes only if something was freed.
+    const settles: HostDocument['settles'] = [];
     for (const outcome of result.outcomes) {
       if (outcome.ok && outcome.effects.release !== null)
         settles.push({ release: outcome.effects.release, atMs: endsAtMs });
     }
-    draft = {
-      ...draft,
-      sim: result.state,
-      settles,
-      hkidReleaseBusyUntilMs: releasesHkid ? endsAtMs : draft.hkidReleaseBusyUntilMs,
-    };
+    if (settles.length > 0 || releasesHkid) {
+      draft = {
+        ...draft,
+        settles: settles.length > 0 ? [...draft.settles, ...settles] : draft.settles,
+        hkidReleaseBusyUntilMs: releasesHkid ? endsAtMs : draft.hkidReleaseBusyUntilMs,
+      };
+    }
     bindResults(step, result.outcomes, op.bindings);
     addTotals(op, result.outcomes, track, virtualStart + seconds);
     Object.assign(record, {
