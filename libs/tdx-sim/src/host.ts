@@ -107,13 +107,15 @@ export interface InPlaceBatchResult extends BatchResult {
  */
 export function applyCallsInPlace(state: HostState, calls: readonly SimCall[]): InPlaceBatchResult {
   const draft = new Draft(state, true);
-  return { ...runOn(draft, state, calls), undo: () => draft.rollback() };
+  const { outcomes, failedAt } = runOn(draft, state, calls);
+  return { state, outcomes, failedAt, undo: () => draft.rollback() };
 }
 
 function runOn(draft: Draft, state: HostState, calls: readonly SimCall[]): BatchResult {
   const outcomes: CallOutcome[] = [];
   const tx = new Transaction(draft);
-  for (const [index, call] of calls.entries()) {
+  for (let index = 0; index < calls.length; index += 1) {
+    const call = calls[index] as SimCall;
     tx.reset();
     try {
       const value = tx.run(call);
@@ -248,19 +250,21 @@ type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight';
 class Draft {
   readonly host: HostState;
   readonly cost: CostContext;
-  /** Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. */
-  private readonly owned = new WeakSet<object>();
+  /**
+   * Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. A
+   * batch touches a handful, so a list searched from the end (the latest claimed are the most
+   * asked for) is cheaper than a set.
+   */
+  private readonly owned: object[] = [];
   /** In place: what to restore if a call is refused, newest last. */
   private readonly journal: JournalEntry[] | null;
 
   constructor(base: HostState, inPlace: boolean) {
     if (inPlace) {
       this.host = base;
-      const top = { ...base };
-      const next = { ...base.next };
       this.journal = [
-        { kind: 'object', target: base, saved: top },
-        { kind: 'object', target: base.next, saved: next },
+        { kind: 'object', target: base, saved: { ...base } },
+        { kind: 'object', target: base.next, saved: { ...base.next } },
       ];
     } else {
       this.host = { ...base, next: { ...base.next } };
@@ -286,9 +290,9 @@ class Draft {
   put<T extends Table>(table: T, key: number, value: HostState[T][string] | undefined): void {
     let record = this.host[table] as Record<string, HostState[T][string]>;
     if (this.journal === null) {
-      if (!this.owned.has(record)) {
+      if (!this.owns(record)) {
         record = { ...record };
-        this.owned.add(record);
+        this.owned.push(record);
         (this.host as unknown as Record<Table, unknown>)[table] = record;
       }
     } else {
@@ -301,29 +305,36 @@ class Draft {
   /** One of the host's arrays, ready to be changed. */
   list<N extends ListName>(name: N): HostState[N] {
     const list = this.host[name];
-    if (this.owned.has(list)) return list;
+    if (this.owns(list)) return list;
     if (this.journal === null) {
       const mine = [...list] as HostState[N];
-      this.owned.add(mine);
+      this.owned.push(mine);
       this.host[name] = mine;
       return mine;
     }
     this.journal.push({ kind: 'list', target: list, saved: [...list] });
-    this.owned.add(list);
+    this.owned.push(list);
     return list;
   }
 
-  /** `value` ready to be changed: copied, or saved in the journal. `copy` copies one level down. */
-  private own<T extends object>(value: T, copy: (v: T) => T, place: (mine: T) => void): T {
-    if (this.owned.has(value)) return value;
+  private owns(value: object): boolean {
+    return this.owned.lastIndexOf(value) !== -1;
+  }
+
+  /**
+   * `value` ready to be changed: saved in the journal and returned (in place), or copied one
+   * level down by `copy` (copy-on-write); a result other than `value` is for the caller to put
+   * in its place.
+   */
+  private claim<T extends object>(value: T, copy: (value: T) => T): T {
+    if (this.owns(value)) return value;
     if (this.journal === null) {
       const mine = copy(value);
-      this.owned.add(mine);
-      place(mine);
+      this.owned.push(mine);
       return mine;
     }
     this.journal.push({ kind: 'object', target: value, saved: copy(value) });
-    this.owned.add(value);
+    this.owned.push(value);
     return value;
   }
 
@@ -331,52 +342,60 @@ class Draft {
   vm(id: number): VmState {
     const current = this.host.vms[id];
     if (current === undefined) throw new Error(`VM ${id} missing`);
-    return this.own(
-      current,
-      (vm) => ({ ...vm, vcpus: [...vm.vcpus], memslots: { ...vm.memslots } }),
-      (mine) => this.put('vms', id, mine),
-    );
+    const mine = this.claim(current, copyVm);
+    if (mine !== current) this.put('vms', id, mine);
+    return mine;
   }
 
   /** A vCPU of a VM obtained from {@link vm}, ready to be changed. */
   vcpu(vm: VmState, index: number): VcpuState {
     const current = vm.vcpus[index];
     if (current === undefined) throw new Error(`vCPU ${index} missing from VM ${vm.id}`);
-    return this.own(
-      current,
-      (v) => ({ ...v }),
-      (mine) => (vm.vcpus[index] = mine),
-    );
+    const mine = this.claim(current, copyVcpu);
+    if (mine !== current) vm.vcpus[index] = mine;
+    return mine;
   }
 
   /** A memslot of a VM obtained from {@link vm}, ready to be changed. */
   memslot(vm: VmState, slot: number): MemslotState {
     const current = vm.memslots[slot];
     if (current === undefined) throw new Error(`slot ${slot} missing from VM ${vm.id}`);
-    return this.own(
-      current,
-      (m) => ({ ...m }),
-      (mine) => (vm.memslots[slot] = mine),
-    );
+    const mine = this.claim(current, copyMemslot);
+    if (mine !== current) vm.memslots[slot] = mine;
+    return mine;
   }
 
   inode(id: number): InodeState {
     const current = this.host.inodes[id];
     if (current === undefined) throw new Error(`inode ${id} missing`);
-    return this.own(
-      current,
-      (i) => ({ ...i }),
-      (mine) => this.put('inodes', id, mine),
-    );
+    const mine = this.claim(current, copyInode);
+    if (mine !== current) this.put('inodes', id, mine);
+    return mine;
   }
 
   gmemFile(file: GmemFile): GmemFile {
-    return this.own(
-      file,
-      (f) => ({ ...f }),
-      (mine) => this.put('files', file.fd, mine),
-    );
+    const mine = this.claim(file, copyGmemFile);
+    if (mine !== file) this.put('files', file.fd, mine);
+    return mine;
   }
+}
+
+// What a draft copies of an object it claims: the object itself, and for a VM the vCPU array and
+// memslot record it changes in place.
+function copyVm(vm: VmState): VmState {
+  return { ...vm, vcpus: [...vm.vcpus], memslots: { ...vm.memslots } };
+}
+
+function copyMemslot(memslot: MemslotState): MemslotState {
+  return { ...memslot };
+}
+
+function copyInode(inode: InodeState): InodeState {
+  return { ...inode };
+}
+
+function copyGmemFile(file: GmemFile): GmemFile {
+  return { ...file };
 }
 
 /** One call's work on a draft state: accumulates its virtual cost and effects. */
