@@ -188,13 +188,33 @@ function copyVcpu(vcpu: VcpuState): VcpuState {
 export function settleRelease(state: HostState, releaseId: number): HostState {
   const release = state.inFlight.find((r) => r.id === releaseId);
   if (release === undefined) return state;
-  const freeHkids = [...state.freeHkids, ...release.hkids].sort((a, b) => a - b);
+  const freeHkids = withReturnedHkids(state.freeHkids, release.hkids);
   return {
     ...state,
     freePages: state.freePages + release.pages,
     freeHkids,
     inFlight: state.inFlight.filter((r) => r.id !== releaseId),
   };
+}
+
+/** `free` and `returned` in one ascending list, as `freeHkids` is kept. */
+function withReturnedHkids(free: readonly number[], returned: readonly number[]): number[] {
+  const merged = [...free];
+  // A release returns one HKID or none, to a list already in order: put it in its place
+  // rather than sort the whole pool.
+  for (const hkid of returned) {
+    let at = merged.length;
+    while (at > 0 && (merged[at - 1] as number) > hkid) at -= 1;
+    merged.splice(at, 0, hkid);
+  }
+  return isAscending(merged) ? merged : merged.sort((a, b) => a - b);
+}
+
+function isAscending(values: readonly number[]): boolean {
+  for (let i = 1; i < values.length; i += 1) {
+    if (!((values[i - 1] as number) <= (values[i] as number))) return false;
+  }
+  return true;
 }
 
 /** Settles every in-flight release (time has passed for all of them). */
@@ -218,6 +238,8 @@ type Table = 'vms' | 'files' | 'inodes' | 'mmaps';
 /** One change an in-place batch can undo. */
 type JournalEntry =
   | { kind: 'object'; target: object; saved: object }
+  /** Some fields of `target` only: the others do not change in place. */
+  | { kind: 'fields'; target: object; saved: object }
   | { kind: 'entry'; record: Record<string, unknown>; key: number; old: unknown }
   | { kind: 'list'; target: unknown[]; saved: unknown[] };
 
@@ -229,6 +251,9 @@ function undo(entry: JournalEntry): void {
       Object.assign(target, entry.saved);
       return;
     }
+    case 'fields':
+      Object.assign(entry.target, entry.saved);
+      return;
     case 'entry':
       if (entry.old === undefined) delete entry.record[entry.key];
       else entry.record[entry.key] = entry.old;
@@ -262,9 +287,13 @@ class Draft {
   constructor(base: HostState, inPlace: boolean) {
     if (inPlace) {
       this.host = base;
+      // In place, a call changes the host's own fields only by counting (pages, ids) and by the
+      // module busy flag; its tables and lists are journaled as they change.
+      const { vm, fd, inode, mmap, release } = base.next;
+      const counters = { freePages: base.freePages, moduleBusy: base.moduleBusy };
       this.journal = [
-        { kind: 'object', target: base, saved: { ...base } },
-        { kind: 'object', target: base.next, saved: { ...base.next } },
+        { kind: 'fields', target: base, saved: counters },
+        { kind: 'fields', target: base.next, saved: { vm, fd, inode, mmap, release } },
       ];
     } else {
       this.host = { ...base, next: { ...base.next } };
