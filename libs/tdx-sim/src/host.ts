@@ -742,12 +742,24 @@ class Transaction {
     const vm = this.vmFd(fd);
     this.alive(vm, 'KVM_LINK_GUEST_MEMFD');
     const source = this.gmemFd(gmemFd);
-    const already = Object.values(this.host.files).some(
-      (f) => f.kind === 'gmem' && f.inode === source.inode && f.vm === vm.id,
+    ensure(
+      !this.hasFileOn(vm.id, source),
+      'EEXIST',
+      `inode ${source.inode} already has a file for VM ${vm.id}`,
     );
-    ensure(!already, 'EEXIST', `inode ${source.inode} already has a file for VM ${vm.id}`);
     this.seconds += this.cost.params.smallCallSeconds;
     return { fd: this.openGmemFile(vm, source.inode), inode: source.inode };
+  }
+
+  /** Whether VM `vmId` has a guest_memfd file on the inode of `known` (a file on it). */
+  private hasFileOn(vmId: number, known: GmemFile): boolean {
+    // The inode counts its files: when `known` is the only one, there is no other to look for.
+    if (this.host.inodes[known.inode]?.files === 1) return known.vm === vmId;
+    for (const fd in this.host.files) {
+      const f = this.host.files[fd] as FileState;
+      if (f.kind === 'gmem' && f.inode === known.inode && f.vm === vmId) return true;
+    }
+    return false;
   }
 
   private openGmemFile(vm: VmState, inode: number): number {
@@ -870,7 +882,7 @@ class Transaction {
         );
       }
       ensure(
-        !this.mappedByOtherVm(vm.id, inode.id, wanted),
+        !this.mappedByOtherVm(vm.id, inode, wanted),
         'EBUSY',
         `inode ${inode.id} pages are still owned by another TD`,
       );
@@ -902,13 +914,20 @@ class Transaction {
     return newlyMapped;
   }
 
-  private mappedByOtherVm(vmId: number, inodeId: number, ranges: Ranges): boolean {
-    for (const other of Object.values(this.host.vms)) {
+  /** Whether a VM other than `vmId`, bound to `inode`, maps any page of `ranges`. */
+  private mappedByOtherVm(vmId: number, inode: InodeState, ranges: Ranges): boolean {
+    // A memslot is bound through its VM's own file on the inode, and unbound when that file
+    // goes: an inode with one file (the mapping VM's) has no other VM to look for.
+    if (inode.files <= 1) return false;
+    for (const id in this.host.vms) {
+      const other = this.host.vms[id] as VmState;
       if (other.id === vmId) continue;
-      for (const m of Object.values(other.memslots)) {
-        if (m.binding?.inode !== inodeId) continue;
-        const theirs = unionRanges(m.added, m.accepted);
-        for (const [s, e] of ranges) if (countInside(theirs, s, e) > 0) return true;
+      for (const slot in other.memslots) {
+        const m = other.memslots[slot] as MemslotState;
+        if (m.binding?.inode !== inode.id) continue;
+        for (const [s, e] of ranges) {
+          if (countInside(m.added, s, e) > 0 || countInside(m.accepted, s, e) > 0) return true;
+        }
       }
     }
     return false;

@@ -64,7 +64,13 @@ export function clipRanges(ranges: Ranges, start: number, end: number): Ranges {
 
 /** How many pages of `[start, end)` are in `ranges`. */
 export function countInside(ranges: Ranges, start: number, end: number): number {
-  return countPages(clipRanges(ranges, start, end));
+  let total = 0;
+  for (const [s, e] of ranges) {
+    const from = Math.max(s, start);
+    const to = Math.min(e, end);
+    if (from < to) total += to - from;
+  }
+  return total;
 }
 
 /** The union of two range sets. */
