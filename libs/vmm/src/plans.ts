@@ -372,9 +372,10 @@ function closeSteps(handles: VmHandles, withMemory: boolean): PlanStep[] {
 
 /** The plan that boots a new VM of `shape`. */
 export function planBoot(shape: VmShape): Plan {
+  const key = cacheKey('boot', shape, null);
   return {
     intent: { action: 'boot' },
-    steps: bootSteps(shape, null),
+    steps: sharedSteps(key, () => bootSteps(shape, null)),
     handoff: null,
     initialBindings: {},
   };
@@ -394,69 +395,130 @@ export function planReboot(
 ): Plan {
   const intent: Intent = { action: 'reboot', strategy };
   const initialBindings = oldBindings(handles);
+  // Only a reuse reboot's steps depend on the kernel.
+  const deletesMemslots = strategy === 'reuse' && kernel.terminateVm === 'aug2025';
+  const key = cacheKey(`reboot ${strategy} ${deletesMemslots}`, shape, handles);
   switch (strategy) {
-    case 'cold': {
-      const teardown = [stopVcpus(handles), ...closeSteps(handles, true)];
+    case 'cold':
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, null)],
+        steps: sharedSteps(key, () => [
+          stopVcpus(handles),
+          ...closeSteps(handles, true),
+          ...bootSteps(shape, null),
+        ]),
         handoff: 0,
         initialBindings,
       };
-    }
-    case 'terminate': {
-      const teardown = [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)];
+    case 'terminate':
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, null)],
+        steps: sharedSteps(key, () => [
+          stopVcpus(handles),
+          terminateStep(),
+          ...closeSteps(handles, true),
+          ...bootSteps(shape, null),
+        ]),
         handoff: 1,
         initialBindings,
       };
-    }
-    case 'reuse': {
-      const teardown = [stopVcpus(handles), terminateStep()];
-      if (kernel.terminateVm === 'aug2025') {
-        // The August 2025 semantics allow memslot deletion on the dead VM: the old mappings are
-        // reclaimed here, at the TEARDOWN rate, before the new VM exists.
-        teardown.push(
-          step(
-            'delete-memslots',
-            'teardown',
-            handles.guestMemfds.map((m) => ({
-              call: {
-                op: 'KVM_SET_USER_MEMORY_REGION2',
-                vm: ref('old.vm'),
-                slot: m.slot,
-                gpa: m.gpa,
-                bytes: 0,
-              },
-            })),
-          ),
-        );
-      }
-      teardown.push(...closeSteps(handles, false));
+    case 'reuse':
       return {
         intent,
-        steps: [...teardown, ...bootSteps(shape, handles)],
+        steps: sharedSteps(key, () => reuseSteps(deletesMemslots, shape, handles)),
         handoff: null,
         initialBindings,
       };
-    }
   }
+}
+
+function reuseSteps(deletesMemslots: boolean, shape: VmShape, handles: VmHandles): PlanStep[] {
+  const teardown = [stopVcpus(handles), terminateStep()];
+  if (deletesMemslots) {
+    // The August 2025 semantics allow memslot deletion on the dead VM: the old mappings are
+    // reclaimed here, at the TEARDOWN rate, before the new VM exists.
+    teardown.push(
+      step(
+        'delete-memslots',
+        'teardown',
+        handles.guestMemfds.map((m) => ({
+          call: {
+            op: 'KVM_SET_USER_MEMORY_REGION2',
+            vm: ref('old.vm'),
+            slot: m.slot,
+            gpa: m.gpa,
+            bytes: 0,
+          },
+        })),
+      ),
+    );
+  }
+  return [...teardown, ...closeSteps(handles, false), ...bootSteps(shape, handles)];
 }
 
 /** A plan that shuts the VM down for good: `close` (mainline) or `terminate` first. */
 export function planTerminate(strategy: TerminateStrategy, handles: VmHandles): Plan {
-  const steps =
-    strategy === 'close'
-      ? [stopVcpus(handles), ...closeSteps(handles, true)]
-      : [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)];
+  const key = cacheKey(`terminate ${strategy}`, null, handles);
   return {
     intent: { action: 'terminate', strategy },
-    steps,
+    steps: sharedSteps(key, () =>
+      strategy === 'close'
+        ? [stopVcpus(handles), ...closeSteps(handles, true)]
+        : [stopVcpus(handles), terminateStep(), ...closeSteps(handles, true)],
+    ),
     handoff: null,
     initialBindings: oldBindings(handles),
   };
+}
+
+/**
+ * Steps already built, by everything they are built from: a worker plans the same few shapes
+ * and strategies over and over. Each plan gets its own steps and lists of calls; the calls
+ * themselves, which nothing changes once planned, are shared (frozen, so that a change would
+ * fail loudly).
+ */
+const builtSteps = new Map<string, readonly PlanStep[]>();
+/** Far more than the shapes a fleet runs at once; past it the cache starts over. */
+const BUILT_STEPS_LIMIT = 1000;
+
+function sharedSteps(key: string | null, build: () => PlanStep[]): PlanStep[] {
+  if (key === null) return build();
+  let steps = builtSteps.get(key);
+  if (steps === undefined) {
+    if (builtSteps.size >= BUILT_STEPS_LIMIT) builtSteps.clear();
+    steps = build();
+    for (const { calls } of steps) calls.forEach(freezeCall);
+    builtSteps.set(key, steps);
+  }
+  return steps.map(({ name, track, calls }) => step(name, track, [...calls]));
+}
+
+/**
+ * The key of the steps of `kind` for a VM of `shape` and the running VM's `handles`: every
+ * number the steps are built from (of the handles, their count and layout, not their fds).
+ * Null, not to be cached, unless they are all whole numbers (a key holds their decimal forms).
+ */
+function cacheKey(kind: string, shape: VmShape | null, handles: VmHandles | null): string | null {
+  const numbers: number[] = [];
+  if (shape !== null) {
+    const initial = shape.initialRegionBytes ?? DEFAULT_INITIAL_REGION_BYTES;
+    numbers.push(shape.vcpus, shape.memoryBytes, initial, shape.faultInBytes ?? shape.memoryBytes);
+  }
+  if (handles !== null) {
+    numbers.push(handles.vcpus.length, handles.guestMemfds.length);
+    for (const m of handles.guestMemfds) numbers.push(m.slot, m.gpa, m.map === null ? 0 : 1);
+  }
+  if (!numbers.every((n) => Number.isSafeInteger(n))) return null;
+  return `${kind}: ${numbers.join(' ')}`;
+}
+
+/** Freezes a planned call, its call and the call's arguments (handles, the fault-in range). */
+function freezeCall(planned: PlannedCall): void {
+  for (const value of Object.values(planned.call)) {
+    if (typeof value === 'object' && value !== null) Object.freeze(value);
+  }
+  Object.freeze(planned.call);
+  Object.freeze(planned);
 }
 
 /** The running VM's handles once a boot or reboot plan has completed. */
