@@ -566,23 +566,30 @@ class Transaction {
   /** Bytes to pages for a guest address or size, which must be leaf-aligned. */
   private alignedPages(bytes: number, what: string, allowZero = false): number {
     const leafBytes = this.leafPages() * PAGE_BYTES;
-    ensure(
+    const aligned =
       Number.isSafeInteger(bytes) &&
-        bytes >= 0 &&
-        bytes % leafBytes === 0 &&
-        (allowZero || bytes > 0),
-      'EINVAL',
-      `${what} must be a ${allowZero ? 'non-negative' : 'positive'} multiple of ${leafBytes} bytes, got ${String(bytes)}`,
-    );
+      bytes >= 0 &&
+      bytes % leafBytes === 0 &&
+      (allowZero || bytes > 0);
+    // The message is built only for a refusal: sizes and page counts are large numbers, slow
+    // to format, and every memory call checks a few of them.
+    if (!aligned) {
+      throw new SimErrnoError(
+        'EINVAL',
+        `${what} must be a ${allowZero ? 'non-negative' : 'positive'} multiple of ${leafBytes} bytes, got ${String(bytes)}`,
+      );
+    }
     return bytes / PAGE_BYTES;
   }
 
   private take(pages: number, what: string): void {
-    ensure(
-      pages <= this.host.freePages,
-      'ENOMEM',
-      `${what} needs ${pages} pages, the host has ${this.host.freePages} free`,
-    );
+    if (!(pages <= this.host.freePages)) {
+      // Built only for a refusal, as in alignedPages.
+      throw new SimErrnoError(
+        'ENOMEM',
+        `${what} needs ${pages} pages, the host has ${this.host.freePages} free`,
+      );
+    }
     this.host.freePages -= pages;
   }
 
