@@ -275,12 +275,8 @@ type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight';
 class Draft {
   readonly host: HostState;
   readonly cost: CostContext;
-  /**
-   * Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. A
-   * batch touches a handful, so a list searched from the end (the latest claimed are the most
-   * asked for) is cheaper than a set.
-   */
-  private readonly owned: object[] = [];
+  /** Objects already copied (copy-on-write) or saved in the journal (in place) by this batch. */
+  private readonly owned = new Set<object>();
   /** In place: what to restore if a call is refused, newest last. */
   private readonly journal: JournalEntry[] | null;
 
@@ -321,7 +317,7 @@ class Draft {
     if (this.journal === null) {
       if (!this.owns(record)) {
         record = { ...record };
-        this.owned.push(record);
+        this.owned.add(record);
         (this.host as unknown as Record<Table, unknown>)[table] = record;
       }
     } else {
@@ -337,17 +333,17 @@ class Draft {
     if (this.owns(list)) return list;
     if (this.journal === null) {
       const mine = [...list] as HostState[N];
-      this.owned.push(mine);
+      this.owned.add(mine);
       this.host[name] = mine;
       return mine;
     }
     this.journal.push({ kind: 'list', target: list, saved: [...list] });
-    this.owned.push(list);
+    this.owned.add(list);
     return list;
   }
 
   private owns(value: object): boolean {
-    return this.owned.lastIndexOf(value) !== -1;
+    return this.owned.has(value);
   }
 
   /**
@@ -359,11 +355,11 @@ class Draft {
     if (this.owns(value)) return value;
     if (this.journal === null) {
       const mine = copy(value);
-      this.owned.push(mine);
+      this.owned.add(mine);
       return mine;
     }
     this.journal.push({ kind: 'object', target: value, saved: copy(value) });
-    this.owned.push(value);
+    this.owned.add(value);
     return value;
   }
 
