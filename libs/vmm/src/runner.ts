@@ -93,7 +93,12 @@ interface TrackCursor {
 export function runPlan(initial: HostState, plan: Plan): PlanRun {
   // The run works on its own copy, changed in place step by step: the caller's state is untouched.
   let state = cloneHost(initial);
-  const bindings = new Map(Object.entries(plan.initialBindings));
+  // Keys, not entries: a big VM's initial bindings are too many handles for a fast object, and
+  // Object.entries is slow on the dictionary that holds them.
+  const bindings = new Map<string, number>();
+  for (const name of Object.keys(plan.initialBindings)) {
+    bindings.set(name, plan.initialBindings[name] as number);
+  }
   const timeline: StepRecord[] = [];
   const pending: Array<{ at: number; release: number }> = [];
   const totals = { reclaimSeconds: 0, reclaimed: 0, freed: 0, reused: 0, allocated: 0 };
