@@ -154,13 +154,14 @@ export class OperationRunner {
       maxWaitMs: this.options.stepWaitTimeoutMs,
       pollMs: this.options.pollMs,
     };
-    if (doc === null)
-      return optimistic
-        ? null
-        : this.lookUpFinished(
-            opIds.map(() => null),
-            opIds,
-          );
+    if (doc === null) {
+      // No such host (any more): each operation is looked up where finished ones are kept.
+      if (optimistic) return null;
+      return this.lookUpFinished(
+        opIds.map(() => null),
+        opIds,
+      );
+    }
     const batch = advanceOperations(doc, opIds, executorOptions);
     const results: Array<StepResult | null> = [];
     const finished: OperationRecord[] = [];
