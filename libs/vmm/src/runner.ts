@@ -81,8 +81,9 @@ interface TrackCursor {
   waitingSince: number | null;
   /** Set when it waits for the other track, due at the same moment, to go first. */
   yielded: boolean;
-  waitErrno?: Errno;
-  waitMessage?: string;
+  /** Why the step at `next` waits (undefined when it does not). */
+  waitErrno: Errno | undefined;
+  waitMessage: string | undefined;
 }
 
 /**
@@ -112,6 +113,8 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     readyAt: 0,
     waitingSince: null,
     yielded: false,
+    waitErrno: undefined,
+    waitMessage: undefined,
   });
   const teardown = cursor('teardown');
   const boot = cursor('boot');
@@ -245,8 +248,9 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     current.next += 1;
     current.readyAt = end;
     current.waitingSince = null;
-    delete current.waitErrno;
-    delete current.waitMessage;
+    // Cleared, not deleted: a deleted field would turn the cursor into a slow dictionary object.
+    current.waitErrno = undefined;
+    current.waitMessage = undefined;
 
     if (current === teardown && !bootReleased) {
       const handoffDone =
