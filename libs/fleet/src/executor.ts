@@ -106,7 +106,9 @@ function trackSteps(op: OperationRecord, track: Track): number[] {
 function cloneOperation(op: OperationRecord): OperationRecord {
   return {
     ...op,
-    plan: op.plan && { ...op.plan, steps: [...op.plan.steps] },
+    // The plan is shared, never changed in place (a cleanup makes a new one): the store writes
+    // it once, not with every step.
+    plan: op.plan,
     steps: op.steps.map((s) => ({ ...s })),
     tracks: { teardown: { ...op.tracks.teardown }, boot: { ...op.tracks.boot } },
     // Object.assign, not a spread: handles are added to the copy, and V8 adds keys to a spread
@@ -481,10 +483,9 @@ function beginCleanup(
   const bootCount = trackSteps(op, 'boot').length;
   const readyAt = Math.max(now, op.tracks.teardown.readyAtMs, op.tracks.boot.readyAtMs);
   const virtualReadyAt = Math.max(op.tracks.teardown.virtualReadyAt, op.tracks.boot.virtualReadyAt);
-  for (const step of cleanup) {
-    planOf(op).steps.push(step);
-    op.steps.push({ ...pendingStep(step), cleanup: true });
-  }
+  const plan = planOf(op);
+  op.plan = { ...plan, steps: [...plan.steps, ...cleanup] };
+  for (const step of cleanup) op.steps.push({ ...pendingStep(step), cleanup: true });
   op.tracks.teardown = {
     next: teardownCount,
     readyAtMs: readyAt,

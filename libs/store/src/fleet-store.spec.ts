@@ -31,7 +31,7 @@ function newHost(id: string): HostDocument {
 type Change =
   | { kind: 'create'; vcpus: number }
   | { kind: 'reboot'; vm: number; strategy: 'cold' | 'terminate' | 'reuse' }
-  | { kind: 'advance'; ops: number };
+  | { kind: 'advance'; ops: number; timeScale: number };
 
 const change: fc.Arbitrary<Change> = fc.oneof(
   fc.record({ kind: fc.constant('create' as const), vcpus: fc.integer({ min: 1, max: 4 }) }),
@@ -40,7 +40,12 @@ const change: fc.Arbitrary<Change> = fc.oneof(
     vm: fc.nat(),
     strategy: fc.constantFrom('cold' as const, 'terminate' as const, 'reuse' as const),
   }),
-  fc.record({ kind: fc.constant('advance' as const), ops: fc.nat() }),
+  // At 1000x an operation runs over several advances: its record (and plan) stays in the document.
+  fc.record({
+    kind: fc.constant('advance' as const),
+    ops: fc.nat(),
+    timeScale: fc.constantFrom(0, 1000),
+  }),
 );
 
 function apply(doc: HostDocument, c: Change, n: number): HostDocument {
@@ -53,7 +58,7 @@ function apply(doc: HostDocument, c: Change, n: number): HostDocument {
         opId: `boot-${n}`,
         vcpus: c.vcpus,
         memoryBytes: GIB,
-        nowMs: 1000 + n,
+        nowMs: 1000 + 50 * n,
       }).doc;
     case 'reboot': {
       const vm = vms[c.vm % Math.max(1, vms.length)];
@@ -63,15 +68,15 @@ function apply(doc: HostDocument, c: Change, n: number): HostDocument {
         vmId: vm.id,
         action: 'reboot',
         strategy: c.strategy,
-        nowMs: 1000 + n,
+        nowMs: 1000 + 50 * n,
       }).doc;
     }
     case 'advance': {
       const ids = Object.keys(doc.ops).filter((_, k) => (c.ops >> k) % 2 === 0);
       if (ids.length === 0) return doc;
       return advanceOperations(doc, ids, {
-        nowMs: 1000 + n,
-        timeScale: 0,
+        nowMs: 1000 + 50 * n,
+        timeScale: c.timeScale,
         hostConcurrency: 2,
         maxWaitMs: 0,
         pollMs: 10,

@@ -49,14 +49,16 @@ export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
 // A host document is one Redis hash: `version`, `core` (the host's own fields), `sim` (the
-// simulated host), and one field per VM (`vm:<id>`) and per active operation (`op:<id>`). A
-// commit writes only the fields that changed, so a job's commit does not rewrite the other VMs
-// and the queued operations of its host.
+// simulated host), one field per VM (`vm:<id>`) and per active operation (`op:<id>`), and the
+// plan of each running operation (`plan:<id>`). A commit writes only the fields that changed, so
+// a job's commit does not rewrite the other VMs and the queued operations of its host, and a
+// step does not rewrite its operation's plan (for a VM of many vCPUs, most of the record).
 const VERSION_FIELD = 'version';
 const CORE_FIELD = 'core';
 const SIM_FIELD = 'sim';
 const VM_FIELD = 'vm:';
 const OP_FIELD = 'op:';
+const PLAN_FIELD = 'plan:';
 /** The whole document as one JSON field: what earlier versions wrote; read, and replaced on commit. */
 const LEGACY_DOC_FIELD = 'doc';
 
@@ -139,11 +141,17 @@ function parseHostFields(key: string, fields: ReadonlyMap<string, string>): Host
     }
     const vms: Record<string, unknown> = {};
     const ops: Record<string, unknown> = {};
+    const plans = new Map<string, unknown>();
     for (const [field, json] of fields) {
       if (field.startsWith(VM_FIELD))
         vms[field.slice(VM_FIELD.length)] = parseJson(key, field, json);
       else if (field.startsWith(OP_FIELD))
         ops[field.slice(OP_FIELD.length)] = parseJson(key, field, json);
+      else if (field.startsWith(PLAN_FIELD))
+        plans.set(field.slice(PLAN_FIELD.length), parseJson(key, field, json));
+    }
+    for (const [id, op] of Object.entries(ops)) {
+      if (isRecord(op)) op.plan = plans.get(id) ?? null;
     }
     const parsedCore = parseJson(key, CORE_FIELD, core);
     doc = isRecord(parsedCore)
@@ -197,7 +205,22 @@ function fieldChanges(
     for (const id of Object.keys(before)) if (after[id] === undefined) del.push(prefix + id);
   };
   records(VM_FIELD, base?.vms ?? {}, next.vms);
-  records(OP_FIELD, base?.ops ?? {}, next.ops);
+  const baseOps = base?.ops ?? {};
+  if (baseOps !== next.ops) {
+    for (const [id, op] of Object.entries(next.ops)) {
+      const before = baseOps[id];
+      if (before === op) continue;
+      // The record without its plan; the plan in its own field, written when it changes.
+      set.push(OP_FIELD + id, JSON.stringify({ ...op, plan: undefined }));
+      if (before?.plan !== op.plan) {
+        if (op.plan !== null) set.push(PLAN_FIELD + id, JSON.stringify(op.plan));
+        else if (before !== undefined) del.push(PLAN_FIELD + id);
+      }
+    }
+    for (const id of Object.keys(baseOps)) {
+      if (next.ops[id] === undefined) del.push(OP_FIELD + id, PLAN_FIELD + id);
+    }
+  }
   return { set, del };
 }
 
