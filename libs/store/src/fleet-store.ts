@@ -193,18 +193,13 @@ function fieldChanges(
   const set: string[] = [CORE_FIELD, JSON.stringify(coreOf(next))];
   const del: string[] = [];
   if (base?.sim !== next.sim) set.push(SIM_FIELD, JSON.stringify(next.sim));
-  const records = (
-    prefix: string,
-    before: Record<string, unknown>,
-    after: Record<string, unknown>,
-  ) => {
-    if (before === after) return;
-    for (const [id, record] of Object.entries(after)) {
-      if (before[id] !== record) set.push(prefix + id, JSON.stringify(record));
+  const baseVms = base?.vms ?? {};
+  if (baseVms !== next.vms) {
+    for (const [id, vm] of Object.entries(next.vms)) {
+      if (baseVms[id] !== vm) set.push(VM_FIELD + id, JSON.stringify(vm));
     }
-    for (const id of Object.keys(before)) if (after[id] === undefined) del.push(prefix + id);
-  };
-  records(VM_FIELD, base?.vms ?? {}, next.vms);
+    for (const id of Object.keys(baseVms)) if (next.vms[id] === undefined) del.push(VM_FIELD + id);
+  }
   const baseOps = base?.ops ?? {};
   if (baseOps !== next.ops) {
     for (const [id, op] of Object.entries(next.ops)) {
