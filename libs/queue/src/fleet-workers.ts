@@ -3,6 +3,7 @@ import type { FleetStore } from '#store';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { BatchRunner } from './batch-runner.js';
+import { JobIndexPruner } from './job-index-pruner.js';
 import type { FleetService } from './fleet.service.js';
 import {
   BATCHES_QUEUE,
@@ -29,6 +30,12 @@ export interface WorkerOptions extends RunnerOptions {
   lockDurationMs: number;
 }
 
+/**
+ * The job index is looked at a page per reconcile (every 30 s): up to about 2.9 million entries a
+ * day. An entry is dropped after its job has been missing for 10 minutes (see JobIndexPruner).
+ */
+const JOB_INDEX_PRUNING = { pageSize: 1000, graceMs: 10 * 60_000 };
+
 /** Hooks for metrics: called as jobs commit, start, end, retry and stall. */
 export interface WorkerHooks {
   committed?: RunObserver['committed'];
@@ -51,6 +58,8 @@ export class FleetWorkers {
   private readonly abort = new AbortController();
   private readonly operationRunner: OperationRunner;
   private readonly batchRunner: BatchRunner;
+  private readonly jobIndexPruner: JobIndexPruner;
+  private pruning = false;
   private reconcileTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -63,6 +72,7 @@ export class FleetWorkers {
   ) {
     this.operationRunner = new OperationRunner(store, options);
     this.batchRunner = new BatchRunner(store, service);
+    this.jobIndexPruner = new JobIndexPruner(store, JOB_INDEX_PRUNING);
   }
 
   /** True while every worker is running. */
@@ -116,6 +126,7 @@ export class FleetWorkers {
     await this.reconcile();
     this.reconcileTimer = setInterval(() => {
       this.reconcile().catch((error: unknown) => this.log.warn({ err: error }, 'reconcile failed'));
+      void this.pruneJobIndex();
     }, 30_000);
     this.reconcileTimer.unref();
   }
@@ -144,6 +155,20 @@ export class FleetWorkers {
       }
     }
     return requeued;
+  }
+
+  /** One step of the job index pruning, unless the last one is still running. */
+  private async pruneJobIndex(): Promise<void> {
+    if (this.pruning) return;
+    this.pruning = true;
+    try {
+      const dropped = await this.jobIndexPruner.step();
+      if (dropped > 0) this.log.info({ dropped }, 'dropped index entries of jobs that are gone');
+    } catch (error) {
+      this.log.warn({ err: error }, 'job index pruning failed');
+    } finally {
+      this.pruning = false;
+    }
   }
 
   /** Runs a processor, telling the hooks how long the job queued and how long it ran. */

@@ -98,6 +98,23 @@ if version == ARGV[1] then return {version} end
 return redis.call('HGETALL', KEYS[1])
 `);
 
+// Deletes each field ARGV[2i-1] of the hash KEYS[1] whose value is still ARGV[2i]; returns how many.
+const DROP_INDEX_ENTRIES_SCRIPT = new LuaScript(`
+local dropped = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    dropped = dropped + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return dropped
+`);
+
+/** A job and the host the job index says it is on. */
+export interface JobIndexEntry {
+  jobId: string;
+  hostId: string;
+}
+
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
@@ -462,6 +479,60 @@ export class FleetStore {
 
   async indexJob(jobId: string, hostId: string): Promise<void> {
     await this.redis.hset(this.keys.jobHost, jobId, hostId);
+  }
+
+  /** One page of the job index (HSCAN): `next` is the cursor of the page after, '0' after the last. */
+  async scanJobIndex(
+    cursor: string,
+    count: number,
+  ): Promise<{ next: string; entries: JobIndexEntry[] }> {
+    const [next, flat] = await this.redis.hscan(this.keys.jobHost, cursor, 'COUNT', count);
+    const entries: JobIndexEntry[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      entries.push({ jobId: flat[i] ?? '', hostId: flat[i + 1] ?? '' });
+    }
+    return { next, entries };
+  }
+
+  /** The ids among `entries` of jobs that exist: in their host's document, or finished and kept. */
+  async existingJobs(entries: readonly JobIndexEntry[]): Promise<Set<string>> {
+    const existing = new Set<string>();
+    const finishedChecks: JobIndexEntry[] = [];
+    const byHost = new Map<string, JobIndexEntry[]>();
+    for (const entry of entries) {
+      const onHost = byHost.get(entry.hostId);
+      if (onHost === undefined) byHost.set(entry.hostId, [entry]);
+      else onHost.push(entry);
+    }
+    for (const [hostId, onHost] of byHost) {
+      const doc = await this.getHost(hostId);
+      for (const entry of onHost) {
+        if (doc?.ops[entry.jobId] !== undefined) existing.add(entry.jobId);
+        else finishedChecks.push(entry);
+      }
+    }
+    if (finishedChecks.length > 0) {
+      const pipeline = this.redis.pipeline();
+      for (const e of finishedChecks) pipeline.exists(this.keys.finishedJob(e.hostId, e.jobId));
+      const replies = (await pipeline.exec()) ?? [];
+      replies.forEach(([error, reply], i) => {
+        if (error !== null) throw error;
+        const entry = finishedChecks[i];
+        if (entry !== undefined && reply === 1) existing.add(entry.jobId);
+      });
+    }
+    return existing;
+  }
+
+  /** Drops index entries that still name the host they named when read; returns how many. */
+  async dropJobIndexEntries(entries: readonly JobIndexEntry[]): Promise<number> {
+    if (entries.length === 0) return 0;
+    const dropped = await DROP_INDEX_ENTRIES_SCRIPT.run(
+      this.redis,
+      [this.keys.jobHost],
+      entries.flatMap((e) => [e.jobId, e.hostId]),
+    );
+    return Number(dropped);
   }
 
   /** The VM and its host's document; throws {@link NotFoundError}. */

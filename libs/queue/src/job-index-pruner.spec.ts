@@ -1,0 +1,123 @@
+/**
+ * Pruning the job index (a real redis-server of its own): entries of jobs that are gone are
+ * dropped, entries of jobs that exist are kept, and an entry whose job is committed just after
+ * the first look survives.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import {
+  type HostDocument,
+  advanceOperations,
+  createHostDocument,
+  createVm,
+  submitOperation,
+} from '#fleet';
+import { FleetStore } from '#store';
+import { Redis } from 'ioredis';
+import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
+import { JobIndexPruner } from './job-index-pruner.js';
+
+const GIB = 1024 ** 3;
+const GRACE_MS = 60_000;
+
+describe('job index pruning', () => {
+  let redis: TestRedis;
+  let client: Redis;
+  before(async () => {
+    redis = await startTestRedis();
+    client = new Redis(redis.url);
+  });
+  after(async () => {
+    client.disconnect();
+    await redis.stop();
+  });
+
+  it('drops the entries of jobs that are gone, after a second look, and keeps the rest', async () => {
+    const store = new FleetStore(client, 'prune');
+    let doc: HostDocument = await store.createHost(
+      createHostDocument(
+        {
+          id: 'h',
+          memoryGiB: 16,
+          hkids: 8,
+          packages: 2,
+          cpus: 8,
+          kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+        },
+        0,
+      ),
+    );
+    const commit = async (
+      next: HostDocument,
+      finished: Parameters<FleetStore['commitMany']>[1],
+    ) => {
+      const committed = await store.commitMany({ ...next, version: doc.version }, finished);
+      assert.ok(committed);
+      doc = committed;
+    };
+    // A job that finished (its record kept), one queued, one whose record has expired, and one
+    // whose submit was refused after the index was written.
+    await store.indexJob('boot-1', 'h');
+    await commit(
+      createVm(doc, { vmId: 'vm-1', opId: 'boot-1', vcpus: 1, memoryBytes: GIB, nowMs: 0 }).doc,
+      [],
+    );
+    const booted = advanceOperations(doc, ['boot-1'], {
+      nowMs: 0,
+      timeScale: 0,
+      hostConcurrency: 4,
+      maxWaitMs: 0,
+      pollMs: 10,
+    });
+    const finished = booted.advances[0];
+    assert.ok(finished?.kind === 'commit' && finished.finished !== null);
+    await commit(booted.doc, [finished.finished]);
+    await store.indexJob('reboot-1', 'h');
+    await commit(
+      submitOperation(doc, {
+        opId: 'reboot-1',
+        vmId: 'vm-1',
+        action: 'reboot',
+        strategy: 'reuse',
+        nowMs: 0,
+      }).doc,
+      [],
+    );
+    await store.indexJob('expired', 'h');
+    await store.indexJob('refused', 'h');
+    // A submit in progress: indexed now, committed only after the pruner's first look.
+    await store.indexJob('late', 'h');
+
+    let now = 0;
+    const pruner = new JobIndexPruner(store, { pageSize: 100, graceMs: GRACE_MS }, () => now);
+    assert.equal(await pruner.step(), 0, 'the first look drops nothing');
+    await commit(
+      createVm(doc, { vmId: 'vm-2', opId: 'late', vcpus: 1, memoryBytes: GIB, nowMs: 0 }).doc,
+      [],
+    );
+    now = GRACE_MS - 1;
+    assert.equal(await pruner.step(), 0, 'nothing before the grace period');
+    now = GRACE_MS;
+    assert.equal(await pruner.step(), 2, 'then the two entries whose jobs are gone');
+    assert.deepEqual(Object.keys(await client.hgetall(store.keys.jobHost)).sort(), [
+      'boot-1',
+      'late',
+      'reboot-1',
+    ]);
+    assert.equal((await store.getJob('boot-1'))?.state, 'succeeded');
+    assert.equal((await store.getJob('reboot-1'))?.state, 'queued');
+    assert.equal((await store.getJob('late'))?.state, 'queued');
+  });
+
+  it('does not drop an entry that was pointed at another host in the meantime', async () => {
+    const store = new FleetStore(client, 'moved');
+    await store.indexJob('job', 'gone-host');
+    let now = 0;
+    const pruner = new JobIndexPruner(store, { pageSize: 100, graceMs: GRACE_MS }, () => now);
+    await pruner.step();
+    await store.indexJob('job', 'other-host');
+    now = GRACE_MS;
+    assert.equal(await pruner.step(), 0);
+    assert.equal(await client.hget(store.keys.jobHost, 'job'), 'other-host');
+  });
+});
