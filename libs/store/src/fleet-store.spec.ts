@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
+  type BatchRecord,
   type HostDocument,
   advanceOperations,
   createHostDocument,
@@ -15,7 +16,12 @@ import {
 } from '#fleet';
 import { Redis } from 'ioredis';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
-import { CorruptRecordError, FleetStore, HostExistsError } from './fleet-store.js';
+import {
+  CorruptRecordError,
+  FINISHED_JOB_TTL_SECONDS,
+  FleetStore,
+  HostExistsError,
+} from './fleet-store.js';
 
 const GIB = 1024 ** 3;
 const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
@@ -181,5 +187,56 @@ describe('host documents in Redis', () => {
     await store.createHost(newHost('h'));
     await client.hset(store.keys.hostDoc('h'), 'sim', '{not json');
     await assert.rejects(new FleetStore(client, 'corrupt').getHost('h'), CorruptRecordError);
+  });
+});
+
+/** A running batch of no members (what the store keeps does not depend on them). */
+function runningBatch(id: string, createdAtMs: number): BatchRecord {
+  return {
+    id,
+    spec: {
+      selector: { all: true },
+      action: 'reboot',
+      strategy: 'cold',
+      maxConcurrency: 1,
+      ratePerSecond: null,
+    },
+    state: 'running',
+    members: [],
+    createdAtMs,
+    finishedAtMs: null,
+  };
+}
+
+describe('batch records in Redis', () => {
+  let redis: TestRedis;
+  let client: Redis;
+  before(async () => {
+    redis = await startTestRedis();
+    client = new Redis(redis.url);
+  });
+  after(async () => {
+    client.disconnect();
+    await redis.stop();
+  });
+
+  it('a finished batch is kept for the 7 days of finished jobs, a running one until it ends', async () => {
+    const store = new FleetStore(client, 'batches');
+    const batch = runningBatch('b1', 1_000_000_000_000);
+    await store.saveBatch(batch);
+    assert.equal(await client.ttl(store.keys.batch('b1')), -1);
+    await store.saveBatch({ ...batch, state: 'done', finishedAtMs: batch.createdAtMs + 1 });
+    const ttl = await client.ttl(store.keys.batch('b1'));
+    assert.ok(ttl > FINISHED_JOB_TTL_SECONDS - 60 && ttl <= FINISHED_JOB_TTL_SECONDS, `ttl ${ttl}`);
+    assert.equal((await store.getBatch('b1'))?.state, 'done');
+  });
+
+  it('the list of batches forgets those created more than 7 days before the newest', async () => {
+    const store = new FleetStore(client, 'batch-list');
+    const day = 24 * 3600 * 1000;
+    await store.saveBatch(runningBatch('old', 0));
+    await store.saveBatch(runningBatch('week', 7 * day));
+    await store.saveBatch(runningBatch('new', 8 * day));
+    assert.deepEqual(await client.zrange(store.keys.batches, 0, -1), ['week', 'new']);
   });
 });

@@ -584,11 +584,23 @@ export class FleetStore {
     await this.redis.del(this.keys.idempotency(key));
   }
 
+  /**
+   * Stores a batch. A finished one is kept as long as finished jobs are (7 days), and the list of
+   * batches by creation time forgets those created longer ago than that before this one.
+   */
   async saveBatch(batch: BatchRecord): Promise<void> {
-    await this.redis
-      .multi()
-      .set(this.keys.batch(batch.id), JSON.stringify(batch))
+    const key = this.keys.batch(batch.id);
+    const json = JSON.stringify(batch);
+    const tx = this.redis.multi();
+    if (batch.state === 'done') tx.set(key, json, 'EX', FINISHED_JOB_TTL_SECONDS);
+    else tx.set(key, json);
+    await tx
       .zadd(this.keys.batches, batch.createdAtMs, batch.id)
+      .zremrangebyscore(
+        this.keys.batches,
+        '-inf',
+        `(${batch.createdAtMs - FINISHED_JOB_TTL_SECONDS * 1000}`,
+      )
       .exec();
   }
 
