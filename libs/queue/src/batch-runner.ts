@@ -24,8 +24,9 @@ export class BatchRunner {
     for (;;) {
       const batch = await this.store.getBatch(batchId);
       if (batch === null || batch.state === 'done') return { kind: 'done' };
-      const updated = await this.step(batch);
-      await this.store.saveBatch(updated);
+      const { batch: updated, changed } = await this.step(batch);
+      // Most rounds of a long batch change nothing: the record is written only when one does.
+      if (changed) await this.store.saveBatch(updated);
       if (updated.state === 'done') return { kind: 'done' };
       try {
         await sleep(POLL_MS, undefined, { signal });
@@ -36,12 +37,14 @@ export class BatchRunner {
   }
 
   /** One round: refresh the outcome of submitted members, then submit what is allowed. */
-  private async step(batch: BatchRecord): Promise<BatchRecord> {
+  private async step(batch: BatchRecord): Promise<{ batch: BatchRecord; changed: boolean }> {
     const members = batch.members.map((m) => ({ ...m }));
+    let changed = false;
     for (const member of members) {
       if (member.jobId === null || memberFinished(member)) continue;
       const job = await this.store.getJob(member.jobId);
-      if (job === null) continue;
+      if (job === null || job.state === member.state) continue;
+      changed = true;
       member.state = job.state;
       if (job.error !== null) member.error = { code: job.error.code, message: job.error.message };
     }
@@ -51,6 +54,7 @@ export class BatchRunner {
       if (allowed <= 0) break;
       if (member.state !== 'pending') continue;
       allowed -= 1;
+      changed = true;
       member.submittedAtMs = now;
       try {
         const { job } = await this.service.submit(
@@ -69,6 +73,14 @@ export class BatchRunner {
       }
     }
     const done = members.every(memberFinished);
-    return { ...batch, members, state: done ? 'done' : 'running', finishedAtMs: done ? now : null };
+    return {
+      batch: {
+        ...batch,
+        members,
+        state: done ? 'done' : 'running',
+        finishedAtMs: done ? now : null,
+      },
+      changed: changed || done,
+    };
   }
 }
