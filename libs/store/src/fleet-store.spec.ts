@@ -91,18 +91,19 @@ function apply(doc: HostDocument, c: Change, n: number): HostDocument {
   }
 }
 
-describe('host documents in Redis', () => {
-  let redis: TestRedis;
-  let client: Redis;
-  before(async () => {
-    redis = await startTestRedis();
-    client = new Redis(redis.url);
-  });
-  after(async () => {
-    client.disconnect();
-    await redis.stop();
-  });
+// One redis-server for the file: every test uses key prefixes of its own.
+let redis: TestRedis;
+let client: Redis;
+before(async () => {
+  redis = await startTestRedis();
+  client = new Redis(redis.url);
+});
+after(async () => {
+  client.disconnect();
+  await redis.stop();
+});
 
+describe('host documents in Redis', () => {
   it('what two processes commit in turn, a third reads back exactly', async () => {
     let run = 0;
     await fc.assert(
@@ -209,17 +210,6 @@ function runningBatch(id: string, createdAtMs: number): BatchRecord {
 }
 
 describe('batch records in Redis', () => {
-  let redis: TestRedis;
-  let client: Redis;
-  before(async () => {
-    redis = await startTestRedis();
-    client = new Redis(redis.url);
-  });
-  after(async () => {
-    client.disconnect();
-    await redis.stop();
-  });
-
   it('a finished batch is kept for the 7 days of finished jobs, a running one until it ends', async () => {
     const store = new FleetStore(client, 'batches');
     const batch = runningBatch('b1', 1_000_000_000_000);
