@@ -11,6 +11,7 @@ import type { Redis } from 'ioredis';
 import { encodeFleetEvents } from './fleet-events.js';
 import { FleetKeys } from './keys.js';
 import { LuaScript } from './lua-script.js';
+import { decodeOperation, encodeOperation } from './operation-codec.js';
 
 /** A document in Redis that is not what this version of the daemon wrote. */
 export class CorruptRecordError extends Error {
@@ -162,9 +163,11 @@ function parseHostFields(key: string, fields: ReadonlyMap<string, string>): Host
     for (const [field, json] of fields) {
       if (field.startsWith(VM_FIELD))
         vms[field.slice(VM_FIELD.length)] = parseJson(key, field, json);
-      else if (field.startsWith(OP_FIELD))
-        ops[field.slice(OP_FIELD.length)] = parseJson(key, field, json);
-      else if (field.startsWith(PLAN_FIELD))
+      else if (field.startsWith(OP_FIELD)) {
+        const op = decodeOperation(parseJson(key, field, json));
+        if (op === null) throw new CorruptRecordError(key, `${field}: not an operation record`);
+        ops[field.slice(OP_FIELD.length)] = op;
+      } else if (field.startsWith(PLAN_FIELD))
         plans.set(field.slice(PLAN_FIELD.length), parseJson(key, field, json));
     }
     for (const [id, op] of Object.entries(ops)) {
@@ -223,7 +226,7 @@ function fieldChanges(
       const before = baseOps[id];
       if (before === op) continue;
       // The record without its plan; the plan in its own field, written when it changes.
-      set.push(OP_FIELD + id, JSON.stringify({ ...op, plan: undefined }));
+      set.push(OP_FIELD + id, encodeOperation(op));
       if (before?.plan !== op.plan) {
         if (op.plan !== null) set.push(PLAN_FIELD + id, JSON.stringify(op.plan));
         else if (before !== undefined) del.push(PLAN_FIELD + id);
@@ -237,21 +240,15 @@ function fieldChanges(
 }
 
 function parseOperation(key: string, json: string): OperationRecord {
-  let op: unknown;
+  let parsed: unknown;
   try {
-    op = JSON.parse(json);
+    parsed = JSON.parse(json);
   } catch {
     throw new CorruptRecordError(key, 'not JSON');
   }
-  if (
-    !isRecord(op) ||
-    typeof op.id !== 'string' ||
-    typeof op.state !== 'string' ||
-    !Array.isArray(op.steps)
-  ) {
-    throw new CorruptRecordError(key, 'not an operation record');
-  }
-  return op as unknown as OperationRecord;
+  const op = decodeOperation(parsed);
+  if (op === null) throw new CorruptRecordError(key, 'not an operation record');
+  return op;
 }
 
 /**
@@ -409,7 +406,7 @@ export class FleetStore {
         String(del.length),
         ...set,
         ...del,
-        ...finished.map((op) => JSON.stringify(op)),
+        ...finished.map(encodeOperation),
       ],
     );
     if (result !== 1) return null;
