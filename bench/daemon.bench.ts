@@ -103,8 +103,30 @@ async function until(startMs: number, target: number, count: () => Promise<numbe
   }
 }
 
-/** (a) N no-op jobs, added in bulk, run to completion by one Worker: jobs per second. */
-async function rawBullmq(url: string): Promise<number> {
+/** What one measured phase came to. */
+interface PhaseResult {
+  jobsPerSecond: number;
+  /** CPU time (user and system, every thread) this process spent per job during the phase. */
+  cpuMicrosecondsPerJob: number;
+}
+
+/** Starts the clock of a phase: call the result with the jobs done once they are all done. */
+function startPhase(): { startMs: number; end: (jobs: number, ms: number) => PhaseResult } {
+  const cpu = process.cpuUsage();
+  return {
+    startMs: performance.now(),
+    end: (jobs, ms) => {
+      const used = process.cpuUsage(cpu);
+      return {
+        jobsPerSecond: (jobs / ms) * 1000,
+        cpuMicrosecondsPerJob: (used.user + used.system) / jobs,
+      };
+    },
+  };
+}
+
+/** (a) N no-op jobs, added in bulk, run to completion by one Worker. */
+async function rawBullmq(url: string): Promise<PhaseResult> {
   const connection = new Redis(url, { maxRetriesPerRequest: null });
   const workerConnection = new Redis(url, { maxRetriesPerRequest: null });
   const prefix = '{bench-raw}';
@@ -118,7 +140,7 @@ async function rawBullmq(url: string): Promise<number> {
   try {
     void worker.run();
     await worker.waitUntilReady();
-    const start = performance.now();
+    const phase = startPhase();
     for (let i = 0; i < JOBS; i += ADD_CHUNK) {
       const count = Math.min(ADD_CHUNK, JOBS - i);
       await queue.addBulk(
@@ -129,8 +151,8 @@ async function rawBullmq(url: string): Promise<number> {
         })),
       );
     }
-    const ms = await until(start, JOBS, () => queue.getCompletedCount());
-    return (JOBS / ms) * 1000;
+    const ms = await until(phase.startMs, JOBS, () => queue.getCompletedCount());
+    return phase.end(JOBS, ms);
   } finally {
     await worker.close();
     await queue.obliterate({ force: true });
@@ -161,9 +183,9 @@ function runToEnd(doc: HostDocument, opId: string, nowMs: number): HostDocument 
 
 /**
  * (b) N reboots (cold, terminate, reuse in turn) of booted VMs, their jobs added in bulk, run to
- * completion by the daemon's workers in this process: jobs per second.
+ * completion by the daemon's workers in this process.
  */
-async function rebootJobs(url: string, round: number): Promise<number> {
+async function rebootJobs(url: string, round: number): Promise<PhaseResult> {
   const storeRedis = new Redis(url);
   const queueRedis = new Redis(url, { maxRetriesPerRequest: null });
   const store = new FleetStore(storeRedis, `bench-e2e-${round}`);
@@ -243,7 +265,7 @@ async function rebootJobs(url: string, round: number): Promise<number> {
         await store.indexJob(`reboot-${h}-${v}`, hostId);
       }
     }
-    const start = performance.now();
+    const phase = startPhase();
     for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
       await queues.operations.addBulk(
         jobs.slice(i, i + ADD_CHUNK).map((data) => ({
@@ -253,7 +275,8 @@ async function rebootJobs(url: string, round: number): Promise<number> {
         })),
       );
     }
-    const ms = await until(start, jobs.length, () => queues.operations.getCompletedCount());
+    const ms = await until(phase.startMs, jobs.length, () => queues.operations.getCompletedCount());
+    const result = phase.end(jobs.length, ms);
     // Every reboot must have succeeded for the number to mean anything.
     const failed: string[] = [];
     for (const { opId } of jobs) {
@@ -263,7 +286,7 @@ async function rebootJobs(url: string, round: number): Promise<number> {
     if (failed.length > 0) {
       throw new Error(`${failed.length} reboots did not succeed: ${failed.slice(0, 5).join(', ')}`);
     }
-    return (jobs.length / ms) * 1000;
+    return result;
   } finally {
     await workers.stop();
     await queues.close();
@@ -428,17 +451,21 @@ try {
   const warmRaw = await rawBullmq(redis.url);
   const warmReboots = await rebootJobs(redis.url, 0);
   log(
-    `warm-up round (not counted): raw ${round1(warmRaw)} jobs/s, reboot ${round1(warmReboots)} jobs/s`,
+    `warm-up round (not counted): raw ${round1(warmRaw.jobsPerSecond)} jobs/s, ` +
+      `reboot ${round1(warmReboots.jobsPerSecond)} jobs/s`,
   );
-  const rounds: Array<{ raw: number; reboots: number; ratio: number }> = [];
+  const rounds: Array<{ raw: PhaseResult; reboots: PhaseResult; ratio: number }> = [];
   for (let round = 1; round <= ROUNDS; round += 1) {
     const raw = await rawBullmq(redis.url);
     const reboots = await rebootJobs(redis.url, round);
-    rounds.push({ raw, reboots, ratio: reboots / raw });
+    const ratio = reboots.jobsPerSecond / raw.jobsPerSecond;
+    rounds.push({ raw, reboots, ratio });
     log(
-      `round ${round}: raw BullMQ no-op jobs ${round1(raw)} jobs/s; reboot jobs end to end ` +
-        `${round1(reboots)} jobs/s (${VMS_PER_HOST} VMs per host, host concurrency ` +
-        `${HOST_CONCURRENCY}); ratio ${(reboots / raw).toFixed(3)}`,
+      `round ${round}: raw BullMQ no-op jobs ${round1(raw.jobsPerSecond)} jobs/s ` +
+        `(${Math.round(raw.cpuMicrosecondsPerJob)} µs CPU each); reboot jobs end to end ` +
+        `${round1(reboots.jobsPerSecond)} jobs/s (${Math.round(reboots.cpuMicrosecondsPerJob)} µs ` +
+        `CPU each; ${VMS_PER_HOST} VMs per host, host concurrency ${HOST_CONCURRENCY}); ` +
+        `ratio ${ratio.toFixed(3)}`,
     );
   }
   log(
@@ -446,12 +473,17 @@ try {
   );
   const api = await apiLoad(redis.url);
   const report = {
-    rawBullmqJobsPerSecond: round1(median(rounds.map((r) => r.raw))),
-    rebootJobsPerSecond: round1(median(rounds.map((r) => r.reboots))),
+    rawBullmqJobsPerSecond: round1(median(rounds.map((r) => r.raw.jobsPerSecond))),
+    rebootJobsPerSecond: round1(median(rounds.map((r) => r.reboots.jobsPerSecond))),
     ratio: round1(median(rounds.map((r) => r.ratio)), 3),
+    // This process's CPU time per job (every thread: the JIT and the GC too), medians.
+    cpuMicrosecondsPerJob: {
+      rawBullmq: Math.round(median(rounds.map((r) => r.raw.cpuMicrosecondsPerJob))),
+      reboot: Math.round(median(rounds.map((r) => r.reboots.cpuMicrosecondsPerJob))),
+    },
     rounds: rounds.map((r) => ({
-      rawBullmqJobsPerSecond: round1(r.raw),
-      rebootJobsPerSecond: round1(r.reboots),
+      rawBullmqJobsPerSecond: round1(r.raw.jobsPerSecond),
+      rebootJobsPerSecond: round1(r.reboots.jobsPerSecond),
       ratio: round1(r.ratio, 3),
     })),
     api: {
@@ -474,7 +506,8 @@ try {
   } else {
     log(
       `medians over ${ROUNDS} rounds: raw ${report.rawBullmqJobsPerSecond} jobs/s, reboot ` +
-        `${report.rebootJobsPerSecond} jobs/s, ratio ${report.ratio} (target >= 0.5)`,
+        `${report.rebootJobsPerSecond} jobs/s, ratio ${report.ratio} (target >= 0.5); CPU per ` +
+        `job ${report.cpuMicrosecondsPerJob.rawBullmq} µs raw, ${report.cpuMicrosecondsPerJob.reboot} µs reboot`,
     );
     log(
       `API POST /v1/vms/{id}/reboot: ${report.api.requestsPerSecond} requests/s, ` +
