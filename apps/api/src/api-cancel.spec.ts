@@ -92,6 +92,18 @@ describe('cancellation and busy VMs', () => {
       const host = await api.expect(api.get('/v1/hosts/h'), 200, hostViewSchema);
       assert.equal(host.usage.hkids.used, 0);
       assert.equal(host.usage.memory.freeBytes, 32 * GIB);
+
+      // No worker ever saw them: the process whose API ended them counts them.
+      const metrics = await api.get('/metrics');
+      assert.equal(metrics.status, 200);
+      const text = String(metrics.body);
+      for (const [action, strategy] of [
+        ['boot', 'none'],
+        ['reboot', 'cold'],
+      ]) {
+        const line = `tdxfleet_operations_total{action="${action}",strategy="${strategy}",outcome="cancelled"} 1`;
+        assert.ok(text.split('\n').includes(line), `${line} in /metrics`);
+      }
     });
   });
 

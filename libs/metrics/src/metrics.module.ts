@@ -1,6 +1,6 @@
 import { Global, Module } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '#config';
-import { FleetModule, FleetQueues, WORKER_HOOKS, type WorkerHooks } from '#queue';
+import { FleetModule, FleetQueues, FleetService, WORKER_HOOKS, type WorkerHooks } from '#queue';
 import { FleetStore } from '#store';
 import { FleetMetrics } from './fleet-metrics.js';
 import { MetricsController } from './metrics.controller.js';
@@ -13,15 +13,24 @@ import { MetricsController } from './metrics.controller.js';
   providers: [
     {
       provide: FleetMetrics,
-      inject: [APP_CONFIG, FleetStore, FleetQueues],
-      useFactory: (config: AppConfig, store: FleetStore, queues: FleetQueues) =>
-        new FleetMetrics(
+      inject: [APP_CONFIG, FleetStore, FleetQueues, FleetService],
+      useFactory: (
+        config: AppConfig,
+        store: FleetStore,
+        queues: FleetQueues,
+        service: FleetService,
+      ) => {
+        const metrics = new FleetMetrics(
           {
             hosts: () => store.listHosts(),
             queueCounts: () => queues.counts(),
           },
           { hostLabel: config.metricsHostLabel },
-        ),
+        );
+        // A queued job cancelled through this process's API ends here, never in a worker.
+        service.onOperationFinished((op) => metrics.observeFinished(op));
+        return metrics;
+      },
     },
     {
       // What this process's workers tell the metrics (a process without workers ignores it).

@@ -73,11 +73,22 @@ const DEFAULT_ENVIRONMENT: ServiceEnvironment = {
  * cancellation, batches. Throws domain errors only; the HTTP layer maps them.
  */
 export class FleetService {
+  /** Told of every operation this service ends itself (a queued job cancelled): the metrics. */
+  private readonly finishedListeners: Array<(op: OperationRecord) => void> = [];
+
   constructor(
     private readonly store: FleetStore,
     private readonly queues: FleetQueues,
     private readonly env: ServiceEnvironment = DEFAULT_ENVIRONMENT,
   ) {}
+
+  /**
+   * Calls `listener` with each operation this service ends without a worker: a queued job
+   * cancelled. The workers tell of the operations they end themselves.
+   */
+  onOperationFinished(listener: (op: OperationRecord) => void): void {
+    this.finishedListeners.push(listener);
+  }
 
   async createHost(spec: Omit<HostSpec, 'id'> & { id?: string }): Promise<HostView> {
     const id = spec.id ?? `host-${this.env.newId().slice(0, 8)}`;
@@ -221,7 +232,10 @@ export class FleetService {
       const result = requestCancel(current, jobId, this.env.now());
       return { doc: result.doc, value: result, finished: result.finished ? result.op : null };
     });
-    if (value.finished) await this.queues.removeOperation(jobId);
+    if (value.finished) {
+      for (const listener of this.finishedListeners) listener(value.op);
+      await this.queues.removeOperation(jobId);
+    }
     return jobView(value.op, this.env.now());
   }
 
