@@ -14,7 +14,7 @@ describe('loadConfig', () => {
       localRedisUrl: 'redis://127.0.0.1:6379',
       timeScale: 1000,
       apiToken: undefined,
-      workerConcurrency: 16,
+      workerConcurrency: 32,
       hostConcurrency: 4,
       globalConcurrency: undefined,
       stepWaitTimeoutMs: 600000,
