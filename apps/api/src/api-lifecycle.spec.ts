@@ -412,6 +412,19 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     );
     assert.equal(conflict.details?.['state'], 'terminated');
     assertError(await api.delete(`/v1/jobs/${closed.job.id}`), 409, 'job_finished');
+
+    // A terminated VM has left its host: lists no longer show it, and its id may be used again.
+    const listed = await api.expect(api.get('/v1/vms?hostId=host-mainline'), 200, vmListSchema);
+    assert.deepEqual(listed.vms, []);
+    const again = await api.expect(
+      api.post('/v1/vms', { id: 'vm-main', hostId: 'host-mainline', vcpus: 2, memoryGiB: 4 }),
+      202,
+      vmAndJobSchema,
+    );
+    assert.equal((await api.waitForJob(again.job.id)).state, 'succeeded');
+    const reborn = await vm('vm-main');
+    assert.equal(reborn.state, 'running');
+    assert.equal(reborn.generation, 1);
   });
 
   it('documents every route with its schemas at /docs-json', async () => {

@@ -48,7 +48,7 @@ export class VmsController {
     400,
     401,
     [404, 'No host with that hostId: code not_found'],
-    [409, 'already_exists (the VM id is taken) or idempotency_conflict'],
+    [409, 'already_exists (a VM that is not terminated has the id) or idempotency_conflict'],
     422,
   )
   async create(
@@ -68,7 +68,11 @@ export class VmsController {
   }
 
   @Get()
-  @ApiOperation({ summary: 'Every VM, optionally of one host or in one state' })
+  @ApiOperation({
+    summary: 'Every VM on the hosts, optionally of one host or in one state',
+    description:
+      'A terminated VM has left its host: it is not listed (GET /v1/vms/{id} shows it for 7 days).',
+  })
   @ApiQuery({ name: 'hostId', required: false })
   @ApiQuery({ name: 'state', required: false, enum: vmStateSchema.options })
   @ApiResponse({ status: 200, description: 'The VMs, oldest first', schema: VM_SCHEMAS.list })
@@ -84,7 +88,11 @@ export class VmsController {
   }
 
   @Get(':id')
-  @ApiOperation({ summary: 'A VM: state, host, HKID, generation, memslots, guest_memfds' })
+  @ApiOperation({
+    summary: 'A VM: state, host, HKID, generation, memslots, guest_memfds',
+    description:
+      'A terminated VM is shown for 7 days after its terminate, then it is unknown (404).',
+  })
   @ApiParam({ name: 'id' })
   @ApiResponse({ status: 200, description: 'The VM', schema: VM_SCHEMAS.view })
   @ApiErrors(404)

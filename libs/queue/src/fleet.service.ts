@@ -15,6 +15,7 @@ import {
   type OperationRecord,
   type Strategy,
   VmExistsError,
+  VmStateConflictError,
   type VmView,
   batchView,
   chooseHost,
@@ -194,7 +195,9 @@ export class FleetService {
     const replay = await this.claim(idempotency, opId, vmId);
     if (replay !== null) return { job: replay.job, replayed: true };
     try {
-      const { doc } = await this.store.requireVm(vmId);
+      const { doc, vm } = await this.store.requireVm(vmId);
+      // A terminated VM has left its host's document: refused here, as the document would.
+      if (vm.state === 'terminated') throw new VmStateConflictError(vm.id, vm.state, action);
       await this.store.indexJob(opId, doc.id);
       const { value } = await this.store.update(doc.id, (current) => {
         const submitted = submitOperation(current, {

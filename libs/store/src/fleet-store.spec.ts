@@ -37,6 +37,7 @@ function newHost(id: string): HostDocument {
 type Change =
   | { kind: 'create'; vcpus: number }
   | { kind: 'reboot'; vm: number; strategy: 'cold' | 'terminate' | 'reuse' }
+  | { kind: 'terminate'; vm: number; strategy: 'close' | 'terminate' }
   | { kind: 'advance'; ops: number; timeScale: number };
 
 const change: fc.Arbitrary<Change> = fc.oneof(
@@ -46,11 +47,18 @@ const change: fc.Arbitrary<Change> = fc.oneof(
     vm: fc.nat(),
     strategy: fc.constantFrom('cold' as const, 'terminate' as const, 'reuse' as const),
   }),
+  // A terminated VM leaves the document when it is committed.
+  fc.record({
+    kind: fc.constant('terminate' as const),
+    vm: fc.nat(),
+    strategy: fc.constantFrom('close' as const, 'terminate' as const),
+  }),
   // At 1000x an operation runs over several advances: its record (and plan) stays in the document.
   fc.record({
     kind: fc.constant('advance' as const),
-    ops: fc.nat(),
-    timeScale: fc.constantFrom(0, 1000),
+    // Bit k set: the k-th operation is left out (only the first three can be).
+    ops: fc.nat({ max: 7 }),
+    timeScale: fc.constantFrom(0, 0, 1000),
   }),
 );
 
@@ -66,13 +74,14 @@ function apply(doc: HostDocument, c: Change, n: number): HostDocument {
         memoryBytes: GIB,
         nowMs: 1000 + 50 * n,
       }).doc;
-    case 'reboot': {
+    case 'reboot':
+    case 'terminate': {
       const vm = vms[c.vm % Math.max(1, vms.length)];
       if (vm === undefined || vm.state !== 'running') return doc;
       return submitOperation(doc, {
         opId: `op-${n}`,
         vmId: vm.id,
-        action: 'reboot',
+        action: c.kind,
         strategy: c.strategy,
         nowMs: 1000 + 50 * n,
       }).doc;
@@ -181,6 +190,54 @@ describe('host documents in Redis', () => {
     }));
     assert.equal(await client.hexists(key, 'doc'), 0, 'the one-field copy is gone');
     assert.deepEqual(await new FleetStore(client, 'legacy').getHost('h'), updated);
+  });
+
+  it('a terminated VM leaves its host document: its last record is kept 7 days, its id is free', async () => {
+    const store = new FleetStore(client, 'terminated');
+    let doc = await store.createHost(newHost('h'));
+    await store.createHost(newHost('h2'));
+    const run = (d: HostDocument, opId: string): HostDocument =>
+      advanceOperations(d, [opId], {
+        nowMs: 1000,
+        timeScale: 0,
+        hostConcurrency: 2,
+        maxWaitMs: 0,
+        pollMs: 10,
+      }).doc;
+    for (const vmId of ['vm-1', 'vm-2']) {
+      const created = createVm(doc, {
+        vmId,
+        opId: `boot-${vmId}`,
+        vcpus: 1,
+        memoryBytes: GIB,
+        nowMs: 1000,
+      });
+      assert.ok(await store.claimVmId(vmId, 'h'));
+      doc = (await store.commit(run(created.doc, `boot-${vmId}`))) ?? assert.fail('boot commit');
+    }
+    const terminate = submitOperation(doc, {
+      opId: 'end-1',
+      vmId: 'vm-1',
+      action: 'terminate',
+      strategy: 'close',
+      nowMs: 1000,
+    }).doc;
+    const ended = run(terminate, 'end-1');
+    assert.equal(ended.vms['vm-1']?.state, 'terminated');
+    const committed = await store.commit(ended);
+    assert.deepEqual(Object.keys(committed?.vms ?? {}), ['vm-2']);
+
+    const reader = new FleetStore(client, 'terminated');
+    assert.deepEqual(await reader.getHost('h'), committed, 'another process reads the same');
+    assert.equal(await client.hexists(store.keys.hostDoc('h'), 'vm:vm-1'), 0);
+    const { doc: found, vm } = await reader.requireVm('vm-1');
+    assert.equal(found.id, 'h');
+    assert.deepEqual(vm, ended.vms['vm-1']);
+    const ttl = await client.ttl(store.keys.terminatedVm('h', 'vm-1'));
+    assert.ok(ttl > FINISHED_JOB_TTL_SECONDS - 60 && ttl <= FINISHED_JOB_TTL_SECONDS, `ttl ${ttl}`);
+    // Its id may be given to a new VM, on any host; a running VM's may not.
+    assert.equal(await reader.claimVmId('vm-2', 'h2'), false);
+    assert.equal(await reader.claimVmId('vm-1', 'h2'), true);
   });
 
   it('a field that is not JSON is reported as a corrupt record', async () => {

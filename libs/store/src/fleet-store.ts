@@ -45,7 +45,7 @@ export interface IdempotencyRecord {
   vmId: string;
 }
 
-/** How long finished jobs and idempotency keys are kept. */
+/** How long finished jobs (and terminated VMs' last records) and idempotency keys are kept. */
 export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
@@ -65,8 +65,8 @@ const LEGACY_DOC_FIELD = 'doc';
 
 // Commits a host document if its version is still ARGV[1] ('-1': the host must not exist yet).
 // ARGV[6] 'full' replaces the whole hash; else only the ARGV[7] field/value pairs are written and
-// the ARGV[8] fields after them deleted. Finished operations (KEYS[2..], the values after that)
-// are stored beside it in the same step, and the change's events (ARGV[5], if any) published on
+// the ARGV[8] fields after them deleted. Finished operations and terminated VMs (KEYS[2..], the
+// values after that) are stored beside it in the same step, for FINISHED_JOB_TTL_SECONDS, and the change's events (ARGV[5], if any) published on
 // the channel ARGV[4]. Returns 1, or 0 on a conflict.
 const COMMIT_SCRIPT = new LuaScript(`
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -134,6 +134,34 @@ type HostCore = Omit<HostDocument, 'version' | 'sim' | 'vms' | 'ops'>;
 function coreOf(doc: HostDocument): HostCore {
   const { version: _version, sim: _sim, vms: _vms, ops: _ops, ...core } = doc;
   return core;
+}
+
+/**
+ * `doc` less its terminated VMs, and those VMs. A terminated VM leaves its host's document when
+ * that is committed: its last record is kept beside it for as long as a finished job, so a host
+ * whose VMs come and go does not grow for ever (and its id may be used again).
+ */
+function withoutTerminated(doc: HostDocument): { doc: HostDocument; terminated: VmRecord[] } {
+  let terminated: VmRecord[] | null = null;
+  for (const id in doc.vms) {
+    const vm = doc.vms[id] as VmRecord;
+    if (vm.state === 'terminated') (terminated ??= []).push(vm);
+  }
+  if (terminated === null) return { doc, terminated: [] };
+  const vms: Record<string, VmRecord> = {};
+  for (const id in doc.vms) {
+    const vm = doc.vms[id] as VmRecord;
+    if (vm.state !== 'terminated') vms[id] = vm;
+  }
+  return { doc: { ...doc, vms }, terminated };
+}
+
+function parseTerminatedVm(key: string, json: string): VmRecord {
+  const vm = parseJson(key, 'value', json);
+  if (!isRecord(vm) || typeof vm.id !== 'string' || vm.state !== 'terminated') {
+    throw new CorruptRecordError(key, 'not a terminated VM');
+  }
+  return vm as unknown as VmRecord;
 }
 
 /** Documents read in the one-field layout: their next commit writes them whole. */
@@ -391,10 +419,15 @@ export class FleetStore {
     finished: readonly OperationRecord[],
     events: readonly FleetEvent[],
   ): Promise<HostDocument | null> {
-    const { set, del } = fieldChanges(base, next);
+    const { doc: kept, terminated } = withoutTerminated(next);
+    const { set, del } = fieldChanges(base, kept);
     const result = await COMMIT_SCRIPT.run(
       this.redis,
-      [this.keys.hostDoc(next.id), ...finished.map((op) => this.keys.finishedJob(next.id, op.id))],
+      [
+        this.keys.hostDoc(next.id),
+        ...finished.map((op) => this.keys.finishedJob(next.id, op.id)),
+        ...terminated.map((vm) => this.keys.terminatedVm(next.id, vm.id)),
+      ],
       [
         expected,
         String(next.version),
@@ -407,11 +440,12 @@ export class FleetStore {
         ...set,
         ...del,
         ...finished.map(encodeOperation),
+        ...terminated.map((vm) => JSON.stringify(vm)),
       ],
     );
     if (result !== 1) return null;
-    this.remember(next);
-    return next;
+    this.remember(kept);
+    return kept;
   }
 
   /**
@@ -536,9 +570,17 @@ export class FleetStore {
   async requireVm(vmId: string): Promise<{ doc: HostDocument; vm: VmRecord }> {
     const hostId = await this.redis.hget(this.keys.vmHost, vmId);
     const doc = hostId === null ? null : await this.getHost(hostId);
-    const vm = doc?.vms[vmId];
-    if (doc === null || vm === undefined) throw new NotFoundError('vm', vmId);
+    if (doc === null) throw new NotFoundError('vm', vmId);
+    const vm = doc.vms[vmId] ?? (await this.terminatedVm(doc.id, vmId));
+    if (vm === null) throw new NotFoundError('vm', vmId);
     return { doc, vm };
+  }
+
+  /** The last record of a VM terminated on the host (kept 7 days), or null. */
+  private async terminatedVm(hostId: string, vmId: string): Promise<VmRecord | null> {
+    const key = this.keys.terminatedVm(hostId, vmId);
+    const json = await this.redis.get(key);
+    return json === null ? null : parseTerminatedVm(key, json);
   }
 
   /** A job, running (in its host's document) or finished; null when unknown. */

@@ -1,6 +1,7 @@
 /**
  * Every Redis key of a fleet. A host's keys share the hash tag `{host:<id>}`, so on a Redis
- * Cluster its document and its finished jobs live in one slot (one Lua script commits both);
+ * Cluster its document, its finished jobs and its terminated VMs live in one slot (one Lua script
+ * commits them);
  * the fleet-wide indexes share the tag `{<prefix>}`, like the BullMQ queues.
  */
 export class FleetKeys {
@@ -17,6 +18,11 @@ export class FleetKeys {
 
   finishedJob(hostId: string, jobId: string): string {
     return `${this.prefix}:{host:${hostId}}:job:${jobId}`;
+  }
+
+  /** The last record of a VM terminated on the host. */
+  terminatedVm(hostId: string, vmId: string): string {
+    return `${this.prefix}:{host:${hostId}}:vm:${vmId}`;
   }
 
   get hosts(): string {
