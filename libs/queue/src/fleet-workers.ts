@@ -1,9 +1,9 @@
 import { DelayedError, type Job, type Processor, Worker } from 'bullmq';
-import type { FleetStore } from '#store';
+import type { FleetIndex, FleetStore } from '#store';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { BatchRunner } from './batch-runner.js';
-import { JobIndexPruner } from './job-index-pruner.js';
+import { IndexPruner } from './index-pruner.js';
 import type { FleetService } from './fleet.service.js';
 import {
   BATCHES_QUEUE,
@@ -31,10 +31,11 @@ export interface WorkerOptions extends RunnerOptions {
 }
 
 /**
- * The job index is looked at a page per reconcile (every 30 s): up to about 2.9 million entries a
- * day. An entry is dropped after its job has been missing for 10 minutes (see JobIndexPruner).
+ * The job and VM indexes are each looked at a page per reconcile (every 30 s): up to about 2.9
+ * million entries a day. An entry is dropped after its job (or VM) has been missing for 10
+ * minutes (see IndexPruner).
  */
-const JOB_INDEX_PRUNING = { pageSize: 1000, graceMs: 10 * 60_000 };
+const INDEX_PRUNING = { pageSize: 1000, graceMs: 10 * 60_000 };
 
 /** Hooks for metrics: called as jobs commit, start, end, retry and stall. */
 export interface WorkerHooks {
@@ -58,7 +59,7 @@ export class FleetWorkers {
   private readonly abort = new AbortController();
   private readonly operationRunner: OperationRunner;
   private readonly batchRunner: BatchRunner;
-  private readonly jobIndexPruner: JobIndexPruner;
+  private readonly indexPruners = new Map<FleetIndex, IndexPruner>();
   private pruning = false;
   private reconcileTimer: NodeJS.Timeout | undefined;
 
@@ -72,7 +73,9 @@ export class FleetWorkers {
   ) {
     this.operationRunner = new OperationRunner(store, options);
     this.batchRunner = new BatchRunner(store, service);
-    this.jobIndexPruner = new JobIndexPruner(store, JOB_INDEX_PRUNING);
+    for (const index of ['jobs', 'vms'] as const) {
+      this.indexPruners.set(index, new IndexPruner(store, index, INDEX_PRUNING));
+    }
   }
 
   /** True while every worker is running. */
@@ -126,7 +129,7 @@ export class FleetWorkers {
     await this.reconcile();
     this.reconcileTimer = setInterval(() => {
       this.reconcile().catch((error: unknown) => this.log.warn({ err: error }, 'reconcile failed'));
-      void this.pruneJobIndex();
+      void this.pruneIndexes();
     }, 30_000);
     this.reconcileTimer.unref();
   }
@@ -157,15 +160,17 @@ export class FleetWorkers {
     return requeued;
   }
 
-  /** One step of the job index pruning, unless the last one is still running. */
-  private async pruneJobIndex(): Promise<void> {
+  /** One step of each index's pruning, unless the last ones are still running. */
+  private async pruneIndexes(): Promise<void> {
     if (this.pruning) return;
     this.pruning = true;
     try {
-      const dropped = await this.jobIndexPruner.step();
-      if (dropped > 0) this.log.info({ dropped }, 'dropped index entries of jobs that are gone');
+      for (const [index, pruner] of this.indexPruners) {
+        const dropped = await pruner.step();
+        if (dropped > 0) this.log.info({ dropped, index }, 'dropped index entries of what is gone');
+      }
     } catch (error) {
-      this.log.warn({ err: error }, 'job index pruning failed');
+      this.log.warn({ err: error }, 'index pruning failed');
     } finally {
       this.pruning = false;
     }

@@ -110,9 +110,12 @@ end
 return dropped
 `);
 
-/** A job and the host the job index says it is on. */
-export interface JobIndexEntry {
-  jobId: string;
+/** The fleet's indexes: which host each job, and each VM, is on. */
+export type FleetIndex = 'jobs' | 'vms';
+
+/** A job or a VM, and the host its index says it is on. */
+export interface IndexEntry {
+  id: string;
   hostId: string;
 }
 
@@ -512,24 +515,32 @@ export class FleetStore {
     await this.redis.hset(this.keys.jobHost, jobId, hostId);
   }
 
-  /** One page of the job index (HSCAN): `next` is the cursor of the page after, '0' after the last. */
-  async scanJobIndex(
+  private indexKey(index: FleetIndex): string {
+    return index === 'jobs' ? this.keys.jobHost : this.keys.vmHost;
+  }
+
+  /** One page of an index (HSCAN): `next` is the cursor of the page after, '0' after the last. */
+  async scanIndex(
+    index: FleetIndex,
     cursor: string,
     count: number,
-  ): Promise<{ next: string; entries: JobIndexEntry[] }> {
-    const [next, flat] = await this.redis.hscan(this.keys.jobHost, cursor, 'COUNT', count);
-    const entries: JobIndexEntry[] = [];
+  ): Promise<{ next: string; entries: IndexEntry[] }> {
+    const [next, flat] = await this.redis.hscan(this.indexKey(index), cursor, 'COUNT', count);
+    const entries: IndexEntry[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
-      entries.push({ jobId: flat[i] ?? '', hostId: flat[i + 1] ?? '' });
+      entries.push({ id: flat[i] ?? '', hostId: flat[i + 1] ?? '' });
     }
     return { next, entries };
   }
 
-  /** The ids among `entries` of jobs that exist: in their host's document, or finished and kept. */
-  async existingJobs(entries: readonly JobIndexEntry[]): Promise<Set<string>> {
+  /**
+   * The ids among `entries` of jobs (or VMs) that exist: in their host's document, or finished
+   * (terminated) and kept beside it.
+   */
+  async existingEntries(index: FleetIndex, entries: readonly IndexEntry[]): Promise<Set<string>> {
     const existing = new Set<string>();
-    const finishedChecks: JobIndexEntry[] = [];
-    const byHost = new Map<string, JobIndexEntry[]>();
+    const keptChecks: IndexEntry[] = [];
+    const byHost = new Map<string, IndexEntry[]>();
     for (const entry of entries) {
       const onHost = byHost.get(entry.hostId);
       if (onHost === undefined) byHost.set(entry.hostId, [entry]);
@@ -537,31 +548,38 @@ export class FleetStore {
     }
     for (const [hostId, onHost] of byHost) {
       const doc = await this.getHost(hostId);
+      const live: Record<string, unknown> = (index === 'jobs' ? doc?.ops : doc?.vms) ?? {};
       for (const entry of onHost) {
-        if (doc?.ops[entry.jobId] !== undefined) existing.add(entry.jobId);
-        else finishedChecks.push(entry);
+        if (live[entry.id] !== undefined) existing.add(entry.id);
+        else keptChecks.push(entry);
       }
     }
-    if (finishedChecks.length > 0) {
+    if (keptChecks.length > 0) {
       const pipeline = this.redis.pipeline();
-      for (const e of finishedChecks) pipeline.exists(this.keys.finishedJob(e.hostId, e.jobId));
+      for (const e of keptChecks) {
+        pipeline.exists(
+          index === 'jobs'
+            ? this.keys.finishedJob(e.hostId, e.id)
+            : this.keys.terminatedVm(e.hostId, e.id),
+        );
+      }
       const replies = (await pipeline.exec()) ?? [];
       replies.forEach(([error, reply], i) => {
         if (error !== null) throw error;
-        const entry = finishedChecks[i];
-        if (entry !== undefined && reply === 1) existing.add(entry.jobId);
+        const entry = keptChecks[i];
+        if (entry !== undefined && reply === 1) existing.add(entry.id);
       });
     }
     return existing;
   }
 
-  /** Drops index entries that still name the host they named when read; returns how many. */
-  async dropJobIndexEntries(entries: readonly JobIndexEntry[]): Promise<number> {
+  /** Drops index entries, each only if it still names the same host; returns how many. */
+  async dropIndexEntries(index: FleetIndex, entries: readonly IndexEntry[]): Promise<number> {
     if (entries.length === 0) return 0;
     const dropped = await DROP_INDEX_ENTRIES_SCRIPT.run(
       this.redis,
-      [this.keys.jobHost],
-      entries.flatMap((e) => [e.jobId, e.hostId]),
+      [this.indexKey(index)],
+      entries.flatMap((e) => [e.id, e.hostId]),
     );
     return Number(dropped);
   }

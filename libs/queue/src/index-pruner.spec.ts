@@ -1,7 +1,7 @@
 /**
- * Pruning the job index (a real redis-server of its own): entries of jobs that are gone are
- * dropped, entries of jobs that exist are kept, and an entry whose job is committed just after
- * the first look survives.
+ * Pruning the job and VM indexes (a real redis-server of its own): entries of jobs (VMs) that are
+ * gone are dropped, entries of those that exist are kept, and an entry whose job (VM) is committed
+ * just after the first look survives.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -15,12 +15,12 @@ import {
 import { FleetStore } from '#store';
 import { Redis } from 'ioredis';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
-import { JobIndexPruner } from './job-index-pruner.js';
+import { IndexPruner } from './index-pruner.js';
 
 const GIB = 1024 ** 3;
 const GRACE_MS = 60_000;
 
-describe('job index pruning', () => {
+describe('index pruning', () => {
   let redis: TestRedis;
   let client: Redis;
   before(async () => {
@@ -89,7 +89,7 @@ describe('job index pruning', () => {
     await store.indexJob('late', 'h');
 
     let now = 0;
-    const pruner = new JobIndexPruner(store, { pageSize: 100, graceMs: GRACE_MS }, () => now);
+    const pruner = new IndexPruner(store, 'jobs', { pageSize: 100, graceMs: GRACE_MS }, () => now);
     assert.equal(await pruner.step(), 0, 'the first look drops nothing');
     await commit(
       createVm(doc, { vmId: 'vm-2', opId: 'late', vcpus: 1, memoryBytes: GIB, nowMs: 0 }).doc,
@@ -109,11 +109,83 @@ describe('job index pruning', () => {
     assert.equal((await store.getJob('late'))?.state, 'queued');
   });
 
+  it('drops the VM index entries of VMs that are gone, and keeps terminated VMs still kept', async () => {
+    const store = new FleetStore(client, 'prune-vms');
+    let doc: HostDocument = await store.createHost(
+      createHostDocument(
+        {
+          id: 'h',
+          memoryGiB: 16,
+          hkids: 8,
+          packages: 2,
+          cpus: 8,
+          kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+        },
+        0,
+      ),
+    );
+    const run = (next: HostDocument, opId: string): HostDocument =>
+      advanceOperations(next, [opId], {
+        nowMs: 0,
+        timeScale: 0,
+        hostConcurrency: 4,
+        maxWaitMs: 0,
+        pollMs: 10,
+      }).doc;
+    const commit = async (next: HostDocument): Promise<void> => {
+      const committed = await store.commit({ ...next, version: doc.version });
+      assert.ok(committed);
+      doc = committed;
+    };
+    // Three VMs booted; two of them terminated, and the last record of one has expired.
+    for (const vmId of ['running', 'kept', 'expired']) {
+      assert.ok(await store.claimVmId(vmId, 'h'));
+      const created = createVm(doc, {
+        vmId,
+        opId: `boot-${vmId}`,
+        vcpus: 1,
+        memoryBytes: GIB,
+        nowMs: 0,
+      });
+      await commit(run(created.doc, `boot-${vmId}`));
+    }
+    for (const vmId of ['kept', 'expired']) {
+      const ending = submitOperation(doc, {
+        opId: `end-${vmId}`,
+        vmId,
+        action: 'terminate',
+        strategy: 'close',
+        nowMs: 0,
+      }).doc;
+      await commit(run(ending, `end-${vmId}`));
+    }
+    await client.del(store.keys.terminatedVm('h', 'expired'));
+    // A create that stopped after claiming its id, and one that commits after the first look.
+    assert.ok(await store.claimVmId('abandoned', 'h'));
+    assert.ok(await store.claimVmId('late', 'h'));
+
+    let now = 0;
+    const pruner = new IndexPruner(store, 'vms', { pageSize: 100, graceMs: GRACE_MS }, () => now);
+    assert.equal(await pruner.step(), 0, 'the first look drops nothing');
+    await commit(
+      createVm(doc, { vmId: 'late', opId: 'boot-late', vcpus: 1, memoryBytes: GIB, nowMs: 0 }).doc,
+    );
+    now = GRACE_MS;
+    assert.equal(await pruner.step(), 2, 'then the two entries whose VMs are gone');
+    assert.deepEqual(Object.keys(await client.hgetall(store.keys.vmHost)).sort(), [
+      'kept',
+      'late',
+      'running',
+    ]);
+    assert.equal((await store.requireVm('kept')).vm.state, 'terminated');
+    assert.equal((await store.requireVm('late')).vm.state, 'booting');
+  });
+
   it('does not drop an entry that was pointed at another host in the meantime', async () => {
     const store = new FleetStore(client, 'moved');
     await store.indexJob('job', 'gone-host');
     let now = 0;
-    const pruner = new JobIndexPruner(store, { pageSize: 100, graceMs: GRACE_MS }, () => now);
+    const pruner = new IndexPruner(store, 'jobs', { pageSize: 100, graceMs: GRACE_MS }, () => now);
     await pruner.step();
     await store.indexJob('job', 'other-host');
     now = GRACE_MS;
