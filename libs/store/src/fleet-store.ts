@@ -50,10 +50,11 @@ export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
 // A host document is one Redis hash: `version`, `core` (the host's own fields), `sim` (the
-// simulated host), one field per VM (`vm:<id>`) and per active operation (`op:<id>`), and the
-// plan of each running operation (`plan:<id>`). A commit writes only the fields that changed, so
-// a job's commit does not rewrite the other VMs and the queued operations of its host, and a
-// step does not rewrite its operation's plan (for a VM of many vCPUs, most of the record).
+// simulated host), one field per VM not terminated (`vm:<id>`) and per active operation
+// (`op:<id>`), and the plan of each running operation (`plan:<id>`). A commit writes only the
+// fields that changed, so a job's commit does not rewrite the other VMs and the queued operations
+// of its host, and a step does not rewrite its operation's plan (for a VM of many vCPUs, most of
+// the record).
 const VERSION_FIELD = 'version';
 const CORE_FIELD = 'core';
 const SIM_FIELD = 'sim';
@@ -66,8 +67,9 @@ const LEGACY_DOC_FIELD = 'doc';
 // Commits a host document if its version is still ARGV[1] ('-1': the host must not exist yet).
 // ARGV[6] 'full' replaces the whole hash; else only the ARGV[7] field/value pairs are written and
 // the ARGV[8] fields after them deleted. Finished operations and terminated VMs (KEYS[2..], the
-// values after that) are stored beside it in the same step, for FINISHED_JOB_TTL_SECONDS, and the change's events (ARGV[5], if any) published on
-// the channel ARGV[4]. Returns 1, or 0 on a conflict.
+// values after that) are stored beside it in the same step, each for ARGV[3] seconds, and the
+// change's events (ARGV[5], if any) published on the channel ARGV[4]. Returns 1, or 0 on a
+// conflict.
 const COMMIT_SCRIPT = new LuaScript(`
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
