@@ -20,6 +20,32 @@ import { IndexPruner } from './index-pruner.js';
 const GIB = 1024 ** 3;
 const GRACE_MS = 60_000;
 
+/** A host `h` of 16 GiB that can run every strategy. */
+function newHost(): HostDocument {
+  return createHostDocument(
+    {
+      id: 'h',
+      memoryGiB: 16,
+      hkids: 8,
+      packages: 2,
+      cpus: 8,
+      kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+    },
+    0,
+  );
+}
+
+/** Runs operation `opId` of `doc` to its end in virtual time. */
+function runToEnd(doc: HostDocument, opId: string): ReturnType<typeof advanceOperations> {
+  return advanceOperations(doc, [opId], {
+    nowMs: 0,
+    timeScale: 0,
+    hostConcurrency: 4,
+    maxWaitMs: 0,
+    pollMs: 10,
+  });
+}
+
 describe('index pruning', () => {
   let redis: TestRedis;
   let client: Redis;
@@ -34,19 +60,7 @@ describe('index pruning', () => {
 
   it('drops the entries of jobs that are gone, after a second look, and keeps the rest', async () => {
     const store = new FleetStore(client, 'prune');
-    let doc: HostDocument = await store.createHost(
-      createHostDocument(
-        {
-          id: 'h',
-          memoryGiB: 16,
-          hkids: 8,
-          packages: 2,
-          cpus: 8,
-          kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
-        },
-        0,
-      ),
-    );
+    let doc: HostDocument = await store.createHost(newHost());
     const commit = async (
       next: HostDocument,
       finished: Parameters<FleetStore['commitMany']>[1],
@@ -62,13 +76,7 @@ describe('index pruning', () => {
       createVm(doc, { vmId: 'vm-1', opId: 'boot-1', vcpus: 1, memoryBytes: GIB, nowMs: 0 }).doc,
       [],
     );
-    const booted = advanceOperations(doc, ['boot-1'], {
-      nowMs: 0,
-      timeScale: 0,
-      hostConcurrency: 4,
-      maxWaitMs: 0,
-      pollMs: 10,
-    });
+    const booted = runToEnd(doc, 'boot-1');
     const finished = booted.advances[0];
     assert.ok(finished?.kind === 'commit' && finished.finished !== null);
     await commit(booted.doc, [finished.finished]);
@@ -111,27 +119,8 @@ describe('index pruning', () => {
 
   it('drops the VM index entries of VMs that are gone, and keeps terminated VMs still kept', async () => {
     const store = new FleetStore(client, 'prune-vms');
-    let doc: HostDocument = await store.createHost(
-      createHostDocument(
-        {
-          id: 'h',
-          memoryGiB: 16,
-          hkids: 8,
-          packages: 2,
-          cpus: 8,
-          kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
-        },
-        0,
-      ),
-    );
-    const run = (next: HostDocument, opId: string): HostDocument =>
-      advanceOperations(next, [opId], {
-        nowMs: 0,
-        timeScale: 0,
-        hostConcurrency: 4,
-        maxWaitMs: 0,
-        pollMs: 10,
-      }).doc;
+    let doc: HostDocument = await store.createHost(newHost());
+    const run = (next: HostDocument, opId: string): HostDocument => runToEnd(next, opId).doc;
     const commit = async (next: HostDocument): Promise<void> => {
       const committed = await store.commit({ ...next, version: doc.version });
       assert.ok(committed);
