@@ -146,7 +146,8 @@ export class FleetService {
       let remaining = candidates;
       for (;;) {
         const chosen = chooseHost(remaining, input.vcpus, input.memoryBytes);
-        if (!(await this.store.claimVmId(vmId, chosen.id))) throw new VmExistsError(vmId);
+        const claim = await this.store.claimVmId(vmId, chosen.id);
+        if (claim === null) throw new VmExistsError(vmId);
         await this.store.indexJob(opId, chosen.id);
         try {
           const { doc, value } = await this.store.update(chosen.id, (current) => {
@@ -167,7 +168,9 @@ export class FleetService {
             replayed: false,
           };
         } catch (error) {
-          if (!(error instanceof VmExistsError)) await this.store.releaseVmId(vmId, chosen.id);
+          if (!(error instanceof VmExistsError)) {
+            await this.store.releaseVmId(vmId, chosen.id, claim);
+          }
           if (!(error instanceof NoCapacityError) || input.hostId !== undefined) throw error;
           remaining = remaining.filter((d) => d.id !== chosen.id);
         }

@@ -235,9 +235,19 @@ describe('host documents in Redis', () => {
     assert.deepEqual(vm, ended.vms['vm-1']);
     const ttl = await client.ttl(store.keys.terminatedVm('h', 'vm-1'));
     assert.ok(ttl > FINISHED_JOB_TTL_SECONDS - 60 && ttl <= FINISHED_JOB_TTL_SECONDS, `ttl ${ttl}`);
-    // Its id may be given to a new VM, on any host; a running VM's may not.
-    assert.equal(await reader.claimVmId('vm-2', 'h2'), false);
-    assert.equal(await reader.claimVmId('vm-1', 'h2'), true);
+    // Its id may be given to a new VM, on any host; a running VM's may not. A create that gives
+    // the id back leaves the terminated VM in reach.
+    assert.equal(await reader.claimVmId('vm-2', 'h2'), null);
+    const claim = await reader.claimVmId('vm-1', 'h2');
+    assert.deepEqual(claim, { previousHostId: 'h' });
+    assert.equal(await client.hget(store.keys.vmHost, 'vm-1'), 'h2');
+    await reader.releaseVmId('vm-1', 'h2', claim ?? assert.fail('claimed'));
+    assert.deepEqual((await reader.requireVm('vm-1')).vm, ended.vms['vm-1']);
+    // A fresh id given back leaves no entry.
+    const fresh = await reader.claimVmId('vm-9', 'h2');
+    assert.deepEqual(fresh, { previousHostId: null });
+    await reader.releaseVmId('vm-9', 'h2', fresh ?? assert.fail('claimed'));
+    assert.equal(await client.hexists(store.keys.vmHost, 'vm-9'), 0);
   });
 
   it('a field that is not JSON is reported as a corrupt record', async () => {

@@ -112,6 +112,11 @@ end
 return dropped
 `);
 
+/** A VM id claimed for a host: the host its index entry named before, if any. */
+export interface VmIdClaim {
+  previousHostId: string | null;
+}
+
 /** The fleet's indexes: which host each job, and each VM, is on. */
 export type FleetIndex = 'jobs' | 'vms';
 
@@ -477,14 +482,17 @@ export class FleetStore {
   }
 
   /**
-   * Claims a VM id for a host before the VM is committed there. False when the id belongs to a
-   * VM that exists; an entry left by a create that never committed is taken over.
+   * Claims a VM id for a host before the VM is committed there. Null when the id belongs to a VM
+   * that exists; an entry left by a create that never committed, or by a VM since terminated, is
+   * taken over.
    */
-  async claimVmId(vmId: string, hostId: string): Promise<boolean> {
-    if ((await this.redis.hsetnx(this.keys.vmHost, vmId, hostId)) === 1) return true;
+  async claimVmId(vmId: string, hostId: string): Promise<VmIdClaim | null> {
+    if ((await this.redis.hsetnx(this.keys.vmHost, vmId, hostId)) === 1) {
+      return { previousHostId: null };
+    }
     const owner = await this.redis.hget(this.keys.vmHost, vmId);
-    if (owner === hostId) return true;
-    if (owner !== null && (await this.getHost(owner))?.vms[vmId] !== undefined) return false;
+    if (owner === hostId) return { previousHostId: owner };
+    if (owner !== null && (await this.getHost(owner))?.vms[vmId] !== undefined) return null;
     // Stale: swap it only if nobody changed it in between.
     const swapped = await this.redis.eval(
       "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0",
@@ -494,7 +502,7 @@ export class FleetStore {
       owner ?? '',
       hostId,
     );
-    return swapped === 1;
+    return swapped === 1 ? { previousHostId: owner } : null;
   }
 
   /** Records which host a VM lives on, unconditionally (tools that place VMs themselves). */
@@ -502,14 +510,21 @@ export class FleetStore {
     await this.redis.hset(this.keys.vmHost, vmId, hostId);
   }
 
-  /** Gives back a VM id claimed for a create that was refused. */
-  async releaseVmId(vmId: string, hostId: string): Promise<void> {
+  /**
+   * Gives back a VM id claimed for a create that was refused: its index entry names again what it
+   * named before the claim (a terminated VM's host, whose last record stays in reach), or goes.
+   */
+  async releaseVmId(vmId: string, hostId: string, claim: VmIdClaim): Promise<void> {
     await this.redis.eval(
-      "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0",
+      `if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1`,
       1,
       this.keys.vmHost,
       vmId,
       hostId,
+      claim.previousHostId ?? '',
     );
   }
 
