@@ -396,7 +396,8 @@ export class FleetStore {
 
   /**
    * Writes `doc` if the stored version is still `doc.version` (the version it was read at), as
-   * version + 1; a finished operation is stored beside it in the same step. False on a conflict.
+   * version + 1; a finished operation is stored beside it in the same step. Returns the document
+   * as stored (its terminated VMs moved out beside it), or null on a conflict.
    */
   async commit(
     doc: HostDocument,
