@@ -1,11 +1,4 @@
-import {
-  type CallOutcome,
-  type Errno,
-  type HostState,
-  applyCallsInPlace,
-  cloneHost,
-  pagesToBytes,
-} from '#tdx-sim';
+import { type CallOutcome, type Errno, applyCallsInPlace, cloneHost, pagesToBytes } from '#tdx-sim';
 import {
   type Plan,
   type PlanStep,
@@ -142,20 +135,21 @@ export type BatchAdvance =
 /**
  * Advances several operations of one host in turn, each on the document the previous one left,
  * as {@link advanceOperation} would one after the other, and returns the document after all of
- * them. The simulated host is copied once for the batch and changed in place by every step
- * after that (instead of once per step), which is what a worker advancing many operations of a
- * host at a time spends most of its time on. Pure: `doc` is not changed.
+ * them. The simulated host, and the document's tables of VMs and operations, are copied once
+ * for the batch and changed in place after that (instead of once per step, or per operation),
+ * which is what a worker advancing many operations of a host at a time spends most of its time
+ * on. Pure: `doc` is not changed.
  */
 export function advanceOperations(
   doc: HostDocument,
   opIds: readonly string[],
   options: ExecutorOptions,
 ): { doc: HostDocument; advances: BatchAdvance[] } {
-  const ownedSims = new WeakSet<HostState>();
+  const owned = new WeakSet<object>();
   let current = doc;
   const advances = opIds.map((opId): BatchAdvance => {
     if (current.ops[opId] === undefined) return { kind: 'missing' };
-    const advance = advanceOne(current, opId, options, ownedSims);
+    const advance = advanceOne(current, opId, options, owned);
     if (advance.kind === 'wait') return advance;
     current = advance.doc;
     const { kind, op, events, finished, wakeAtMs } = advance;
@@ -165,20 +159,21 @@ export function advanceOperations(
 }
 
 /**
- * {@link advanceOperation}, with the simulated hosts in `ownedSims` (made by this batch, seen by
- * no one else) changed in place; any other is copied first and the copy added to the set.
+ * {@link advanceOperation}, with what is in `owned` (made by this batch, seen by no one else: the
+ * simulated host, the tables of VMs and operations) changed in place; anything else is copied
+ * first and the copy added to the set.
  */
 function advanceOne(
   doc: HostDocument,
   opId: string,
   options: ExecutorOptions,
-  ownedSims: WeakSet<HostState>,
+  owned: WeakSet<object>,
 ): Advance {
   const now = options.nowMs;
   let draft = settleDue(doc, now);
   let changed = draft !== doc;
   // Settling copies the host's top level only: what it shares is the batch's own if the input was.
-  if (changed && ownedSims.has(doc.sim)) ownedSims.add(draft.sim);
+  if (changed && owned.has(doc.sim)) owned.add(draft.sim);
   const original = draft.ops[opId];
   if (original === undefined) throw new NotFoundError('job', opId);
   const op = cloneOperation(original);
@@ -187,7 +182,7 @@ function advanceOne(
     events.push({ type, atMs: now, hostId: op.hostId, vmId: op.vmId, jobId: op.id, ...extra });
   };
   const commit = (wakeAtMs: number, finished: OperationRecord | null = null): Advance => {
-    const ops = { ...draft.ops };
+    const ops = ownTable(draft.ops, owned);
     if (finished === null) ops[op.id] = op;
     else delete ops[op.id];
     return { kind: 'commit', doc: { ...draft, ops }, op, events, finished, wakeAtMs };
@@ -253,7 +248,7 @@ function advanceOne(
     if (candidates.length === 0) {
       const end = Math.max(now, ...op.steps.map((s) => s.endsAtMs ?? 0));
       if (end > now) return waitOrCommit(end, 'step_running');
-      const finished = finishOperation(op, draft, now);
+      const finished = finishOperation(op, draft, now, owned);
       draft = finished.doc;
       event('job.finished', { state: finished.op.state });
       event('vm.state', { state: draft.vms[op.vmId]?.state ?? 'unknown' });
@@ -280,9 +275,9 @@ function advanceOne(
     const calls = resolveStep(step, op.bindings);
     // Steps change a private copy of the simulated host in place (a refused step restores it):
     // one copy per batch instead of copy-on-write per step.
-    if (!ownedSims.has(draft.sim)) {
+    if (!owned.has(draft.sim)) {
       draft = { ...draft, sim: cloneHost(draft.sim) };
-      ownedSims.add(draft.sim);
+      owned.add(draft.sim);
     }
     const result = applyCallsInPlace(draft.sim, calls);
     if (result.failedAt !== null) {
@@ -387,6 +382,17 @@ function advanceOne(
       }
     }
   }
+}
+
+/**
+ * `table` ready to be changed in place: itself if this batch made it, else a copy that is then
+ * the batch's own (a batch of k operations copies a table once, not k times).
+ */
+function ownTable<T>(table: Record<string, T>, owned: WeakSet<object>): Record<string, T> {
+  if (owned.has(table)) return table;
+  const copy = { ...table };
+  owned.add(copy);
+  return copy;
 }
 
 function addTotals(
@@ -500,6 +506,7 @@ function finishOperation(
   op: OperationRecord,
   doc: HostDocument,
   now: number,
+  owned: WeakSet<object>,
 ): { doc: HostDocument; op: OperationRecord } {
   const vm = doc.vms[op.vmId];
   if (vm === undefined) throw new Error(`operation ${op.id} for a missing VM ${op.vmId}`);
@@ -524,7 +531,9 @@ function finishOperation(
   // The steps record what ran; the plan's calls are of no use any more, and the finished
   // record is kept for days.
   op.plan = null;
-  return { doc: { ...doc, vms: { ...doc.vms, [vm.id]: updated } }, op };
+  const vms = ownTable(doc.vms, owned);
+  vms[vm.id] = updated;
+  return { doc: { ...doc, vms }, op };
 }
 
 function booted(vm: VmRecord, op: OperationRecord, doc: HostDocument): VmRecord {
