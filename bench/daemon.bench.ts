@@ -2,11 +2,14 @@
 //  (a) raw BullMQ: N no-op jobs added in bulk, run by a Worker with the daemon's concurrency;
 //  (b) end-to-end reboot jobs: N reboots of booted VMs, their jobs added in bulk, run by the
 //      daemon's workers (FleetWorkers, in process) with the same concurrency;
+//  (b') the same reboots without the queue: handed straight to the workers' runner, with the
+//      same concurrency: what the reboots cost besides BullMQ's own work;
 //  (c) the API: POST /v1/vms/{id}/reboot against a fleetd process under a loopback load.
 // (a) and (b) run back to back, `--rounds` times (fresh hosts each round), after one round that
 // is not counted: both phases first run with the code not yet optimised by the JIT, and raw
 // BullMQ, measured cold, looks half as fast as it is. The report gives the medians, and the ratio
-// is the median of each round's ratio, so one noisy phase does not decide it.
+// is the median of each round's ratio, so one noisy phase does not decide it. (b') runs
+// `--rounds` times after them.
 //   npm run -s bench:daemon -- [--json] [--rounds N] [--jobs N] [--vms-per-host N] [--api-seconds S]
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -24,7 +27,13 @@ import {
   createVm,
   submitOperation,
 } from '#fleet';
-import { FleetQueues, FleetService, FleetWorkers, type OperationJobData } from '#queue';
+import {
+  FleetQueues,
+  FleetService,
+  FleetWorkers,
+  type OperationJobData,
+  OperationRunner,
+} from '#queue';
 import { type RedisServerHandle, findFreePort, startRedisServer } from '#redis';
 import { FleetStore } from '#store';
 import { Redis } from 'ioredis';
@@ -181,9 +190,96 @@ function runToEnd(doc: HostDocument, opId: string, nowMs: number): HostDocument 
   }
 }
 
+/** `--jobs` VMs, `--vms-per-host` on each host (fewer on the last). */
+const HOSTS = Math.ceil(JOBS / VMS_PER_HOST);
+const vmsOnHost = (h: number): number => Math.min(VMS_PER_HOST, JOBS - h * VMS_PER_HOST);
+
+/** The hosts with their VMs booted (in pure virtual time), stored; returns the host ids. */
+async function storeBootedHosts(store: FleetStore): Promise<string[]> {
+  const hostIds: string[] = [];
+  const now = Date.now();
+  for (let h = 0; h < HOSTS; h += 1) {
+    const hostId = `host-${h}`;
+    const vms = vmsOnHost(h);
+    let doc = createHostDocument(
+      { id: hostId, memoryGiB: 4 * vms + 16, hkids: 63, packages: 2, cpus: 64, kernel: KERNEL },
+      now,
+    );
+    for (let v = 0; v < vms; v += 1) {
+      const vmId = `vm-${h}-${v}`;
+      doc = createVm(doc, {
+        vmId,
+        opId: `boot-${vmId}`,
+        vcpus: 2,
+        memoryBytes: 2 * GIB,
+        nowMs: now,
+      }).doc;
+      doc = runToEnd(doc, `boot-${vmId}`, now);
+      await store.indexVm(vmId, hostId);
+    }
+    await store.createHost(doc);
+    hostIds.push(hostId);
+  }
+  return hostIds;
+}
+
 /**
- * (b) N reboots (cold, terminate, reuse in turn) of booted VMs, their jobs added in bulk, run to
- * completion by the daemon's workers in this process.
+ * Records a reboot of every VM (cold, terminate and reuse in turn) in its host's document, one
+ * compare-and-set per host as the API would do one per request; returns the operations to run.
+ */
+async function submitReboots(
+  store: FleetStore,
+  hostIds: readonly string[],
+): Promise<OperationJobData[]> {
+  const operations: OperationJobData[] = [];
+  for (const [h, hostId] of hostIds.entries()) {
+    await store.update(hostId, (current) => {
+      let next = current;
+      for (let v = 0; v < vmsOnHost(h); v += 1) {
+        next = submitOperation(next, {
+          opId: `reboot-${h}-${v}`,
+          vmId: `vm-${h}-${v}`,
+          action: 'reboot',
+          strategy: STRATEGIES[(h + v) % STRATEGIES.length] ?? 'cold',
+          nowMs: Date.now(),
+        }).doc;
+      }
+      return { doc: next, value: null };
+    });
+    for (let v = 0; v < vmsOnHost(h); v += 1) {
+      operations.push({ opId: `reboot-${h}-${v}`, hostId });
+      await store.indexJob(`reboot-${h}-${v}`, hostId);
+    }
+  }
+  return operations;
+}
+
+/** Every reboot must have succeeded for a number to mean anything. */
+async function checkSucceeded(
+  store: FleetStore,
+  operations: readonly OperationJobData[],
+): Promise<void> {
+  const failed: string[] = [];
+  for (const { opId } of operations) {
+    const op = await store.getJob(opId);
+    if (op?.state !== 'succeeded') failed.push(`${opId}: ${op?.state ?? 'missing'}`);
+  }
+  if (failed.length > 0) {
+    throw new Error(`${failed.length} reboots did not succeed: ${failed.slice(0, 5).join(', ')}`);
+  }
+}
+
+/** How the daemon's workers run operations, with TIME_SCALE=0. */
+const RUNNER_OPTIONS = {
+  timeScale: 0,
+  hostConcurrency: HOST_CONCURRENCY,
+  stepWaitTimeoutMs: Number(CONFIG_DEFAULTS.STEP_WAIT_TIMEOUT_MS),
+  pollMs: 50,
+};
+
+/**
+ * (b) N reboots of booted VMs, their jobs added in bulk, run to completion by the daemon's
+ * workers in this process.
  */
 async function rebootJobs(url: string, round: number): Promise<PhaseResult> {
   const storeRedis = new Redis(url);
@@ -196,75 +292,21 @@ async function rebootJobs(url: string, round: number): Promise<PhaseResult> {
     queues,
     service,
     {
+      ...RUNNER_OPTIONS,
       redisUrl: url,
       queuePrefix: store.keys.queuePrefix,
       concurrency: CONCURRENCY,
       globalConcurrency: null,
       lockDurationMs: Number(CONFIG_DEFAULTS.JOB_LOCK_MS),
-      timeScale: 0,
-      hostConcurrency: HOST_CONCURRENCY,
-      stepWaitTimeoutMs: Number(CONFIG_DEFAULTS.STEP_WAIT_TIMEOUT_MS),
-      pollMs: 50,
     },
     silent,
   );
   try {
-    // Hosts with their VMs booted (in pure virtual time), stored before the workers start (their
-    // start-up reconcile looks for operations without a job: there are none yet).
-    const hosts = Math.ceil(JOBS / VMS_PER_HOST);
-    const vmsOf = (h: number): number => Math.min(VMS_PER_HOST, JOBS - h * VMS_PER_HOST);
-    const now = Date.now();
-    for (let h = 0; h < hosts; h += 1) {
-      const hostId = `host-${h}`;
-      let doc = createHostDocument(
-        {
-          id: hostId,
-          memoryGiB: 4 * vmsOf(h) + 16,
-          hkids: 63,
-          packages: 2,
-          cpus: 64,
-          kernel: KERNEL,
-        },
-        now,
-      );
-      for (let v = 0; v < vmsOf(h); v += 1) {
-        const vmId = `vm-${h}-${v}`;
-        doc = createVm(doc, {
-          vmId,
-          opId: `boot-${vmId}`,
-          vcpus: 2,
-          memoryBytes: 2 * GIB,
-          nowMs: now,
-        }).doc;
-        doc = runToEnd(doc, `boot-${vmId}`, now);
-        await store.indexVm(vmId, hostId);
-      }
-      await store.createHost(doc);
-    }
+    // The hosts are stored before the workers start (their start-up reconcile looks for
+    // operations without a job: there are none yet); only the jobs are left to add, timed.
+    const hostIds = await storeBootedHosts(store);
     await workers.start();
-    // Every reboot recorded in its host's document (one compare-and-set per host, as the API
-    // would do one per request): only the jobs are left to add, in bulk, timed.
-    const jobs: OperationJobData[] = [];
-    for (let h = 0; h < hosts; h += 1) {
-      const hostId = `host-${h}`;
-      await store.update(hostId, (current) => {
-        let next = current;
-        for (let v = 0; v < vmsOf(h); v += 1) {
-          next = submitOperation(next, {
-            opId: `reboot-${h}-${v}`,
-            vmId: `vm-${h}-${v}`,
-            action: 'reboot',
-            strategy: STRATEGIES[(h + v) % STRATEGIES.length] ?? 'cold',
-            nowMs: Date.now(),
-          }).doc;
-        }
-        return { doc: next, value: null };
-      });
-      for (let v = 0; v < vmsOf(h); v += 1) {
-        jobs.push({ opId: `reboot-${h}-${v}`, hostId });
-        await store.indexJob(`reboot-${h}-${v}`, hostId);
-      }
-    }
+    const jobs = await submitReboots(store, hostIds);
     const phase = startPhase();
     for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
       await queues.operations.addBulk(
@@ -277,20 +319,42 @@ async function rebootJobs(url: string, round: number): Promise<PhaseResult> {
     }
     const ms = await until(phase.startMs, jobs.length, () => queues.operations.getCompletedCount());
     const result = phase.end(jobs.length, ms);
-    // Every reboot must have succeeded for the number to mean anything.
-    const failed: string[] = [];
-    for (const { opId } of jobs) {
-      const op = await store.getJob(opId);
-      if (op?.state !== 'succeeded') failed.push(`${opId}: ${op?.state ?? 'missing'}`);
-    }
-    if (failed.length > 0) {
-      throw new Error(`${failed.length} reboots did not succeed: ${failed.slice(0, 5).join(', ')}`);
-    }
+    await checkSucceeded(store, jobs);
     return result;
   } finally {
     await workers.stop();
     await queues.close();
     await Promise.all([storeRedis.quit(), queueRedis.quit()]);
+  }
+}
+
+/**
+ * (b') The same reboots with no queue: `CONCURRENCY` loops hand them straight to the runner the
+ * workers use (OperationRunner: the executor, the store's compare-and-set commits). What a
+ * reboot costs the daemon besides BullMQ's own work per job.
+ */
+async function rebootsWithoutQueue(url: string, round: number): Promise<PhaseResult> {
+  const storeRedis = new Redis(url);
+  const store = new FleetStore(storeRedis, `bench-direct-${round}`);
+  const runner = new OperationRunner(store, RUNNER_OPTIONS);
+  const running = new AbortController();
+  try {
+    const operations = await submitReboots(store, await storeBootedHosts(store));
+    const phase = startPhase();
+    let next = 0;
+    const loop = async (): Promise<void> => {
+      for (let op = operations[next++]; op !== undefined; op = operations[next++]) {
+        const outcome = await runner.run(op.opId, op.hostId, running.signal);
+        if (outcome.kind !== 'finished') throw new Error(`${op.opId}: ${outcome.kind}`);
+      }
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, loop));
+    const result = phase.end(operations.length, performance.now() - phase.startMs);
+    await checkSucceeded(store, operations);
+    return result;
+  } finally {
+    running.abort();
+    await storeRedis.quit();
   }
 }
 
@@ -455,18 +519,26 @@ try {
       `reboot ${round1(warmReboots.jobsPerSecond)} jobs/s`,
   );
   const rounds: Array<{ raw: PhaseResult; reboots: PhaseResult; ratio: number }> = [];
+  const perJob = (phase: PhaseResult): string =>
+    `${round1(phase.jobsPerSecond)}/s (${Math.round(phase.cpuMicrosecondsPerJob)} µs CPU each)`;
   for (let round = 1; round <= ROUNDS; round += 1) {
     const raw = await rawBullmq(redis.url);
     const reboots = await rebootJobs(redis.url, round);
     const ratio = reboots.jobsPerSecond / raw.jobsPerSecond;
     rounds.push({ raw, reboots, ratio });
     log(
-      `round ${round}: raw BullMQ no-op jobs ${round1(raw.jobsPerSecond)} jobs/s ` +
-        `(${Math.round(raw.cpuMicrosecondsPerJob)} µs CPU each); reboot jobs end to end ` +
-        `${round1(reboots.jobsPerSecond)} jobs/s (${Math.round(reboots.cpuMicrosecondsPerJob)} µs ` +
-        `CPU each; ${VMS_PER_HOST} VMs per host, host concurrency ${HOST_CONCURRENCY}); ` +
-        `ratio ${ratio.toFixed(3)}`,
+      `round ${round}: raw BullMQ no-op jobs ${perJob(raw)}; reboot jobs end to end ` +
+        `${perJob(reboots)} (${VMS_PER_HOST} VMs per host, host concurrency ` +
+        `${HOST_CONCURRENCY}); ratio ${ratio.toFixed(3)}`,
     );
+  }
+  // After the rounds above, so that the ratio is measured as before this phase existed (the
+  // heap it leaves behind changes the next phases' garbage collection).
+  const withoutQueue: PhaseResult[] = [];
+  for (let round = 1; round <= ROUNDS; round += 1) {
+    const result = await rebootsWithoutQueue(redis.url, round);
+    withoutQueue.push(result);
+    log(`the same reboots without the queue, round ${round}: ${perJob(result)}`);
   }
   log(
     `API: fleetd with TIME_SCALE=0, ${API_VMS} VMs, ${API_CONNECTIONS} connections, ${API_SECONDS} s`,
@@ -477,9 +549,13 @@ try {
     rebootJobsPerSecond: round1(median(rounds.map((r) => r.reboots.jobsPerSecond))),
     ratio: round1(median(rounds.map((r) => r.ratio)), 3),
     // This process's CPU time per job (every thread: the JIT and the GC too), medians.
+    // The reboots' own work (executor and commits) with no queue around it: both it and
+    // BullMQ's work per job run on this process's one JavaScript thread.
+    rebootWithoutQueuePerSecond: round1(median(withoutQueue.map((r) => r.jobsPerSecond))),
     cpuMicrosecondsPerJob: {
       rawBullmq: Math.round(median(rounds.map((r) => r.raw.cpuMicrosecondsPerJob))),
       reboot: Math.round(median(rounds.map((r) => r.reboots.cpuMicrosecondsPerJob))),
+      rebootWithoutQueue: Math.round(median(withoutQueue.map((r) => r.cpuMicrosecondsPerJob))),
     },
     rounds: rounds.map((r) => ({
       rawBullmqJobsPerSecond: round1(r.raw.jobsPerSecond),
@@ -508,6 +584,10 @@ try {
       `medians over ${ROUNDS} rounds: raw ${report.rawBullmqJobsPerSecond} jobs/s, reboot ` +
         `${report.rebootJobsPerSecond} jobs/s, ratio ${report.ratio} (target >= 0.5); CPU per ` +
         `job ${report.cpuMicrosecondsPerJob.rawBullmq} µs raw, ${report.cpuMicrosecondsPerJob.reboot} µs reboot`,
+    );
+    log(
+      `the same reboots without the queue: ${report.rebootWithoutQueuePerSecond}/s, ` +
+        `${report.cpuMicrosecondsPerJob.rebootWithoutQueue} µs CPU each`,
     );
     log(
       `API POST /v1/vms/{id}/reboot: ${report.api.requestsPerSecond} requests/s, ` +
