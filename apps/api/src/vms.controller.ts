@@ -69,9 +69,9 @@ export class VmsController {
 
   @Get()
   @ApiOperation({
-    summary: 'Every VM on the hosts, optionally of one host or in one state',
+    summary: 'Every VM, optionally of one host or in one state',
     description:
-      'A terminated VM has left its host: it is not listed (GET /v1/vms/{id} shows it for 7 days).',
+      'A terminated VM is listed, like GET /v1/vms/{id} shows it, for 7 days after its terminate.',
   })
   @ApiQuery({ name: 'hostId', required: false })
   @ApiQuery({ name: 'state', required: false, enum: vmStateSchema.options })

@@ -72,9 +72,14 @@ const QUEUE_COUNTS = {
   batches: { waiting: 0, active: 0, completed: 1, failed: 0 },
 };
 
-function sources(docs: () => HostDocument[]): MetricsSources {
+/** The hosts `docs()`, with `terminated[id]` VMs terminated on host `id` within 7 days. */
+function sources(
+  docs: () => HostDocument[],
+  terminated: Record<string, number> = {},
+): MetricsSources {
   return {
     hosts: () => Promise.resolve(docs()),
+    terminatedVmCounts: (hostIds) => Promise.resolve(hostIds.map((id) => terminated[id] ?? 0)),
     queueCounts: () => Promise.resolve(QUEUE_COUNTS),
   };
 }
@@ -161,7 +166,7 @@ describe('FleetMetrics', () => {
   it('reads the fleet and the queues when scraped, summed over hosts', async () => {
     let docs: HostDocument[] = [];
     const metrics = new FleetMetrics(
-      sources(() => docs),
+      sources(() => docs, { a: 4, b: 1 }),
       { hostLabel: false },
     );
     const a = hostWithVms(makeHost(MAINLINE, { id: 'a', hkids: 8 }), 2).doc;
@@ -170,6 +175,7 @@ describe('FleetMetrics', () => {
     let all = await families(metrics);
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running' }), 3);
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'stopped' }), 0);
+    assert.equal(sample(all, 'tdxfleet_vms', { state: 'terminated' }), 5);
     assert.equal(sample(all, 'tdxfleet_hkids'), 12);
     assert.equal(sample(all, 'tdxfleet_hkids_in_use'), 3);
     assert.equal(sample(all, 'tdxfleet_zombie_hkids'), 0);
@@ -185,6 +191,7 @@ describe('FleetMetrics', () => {
     docs = [a];
     all = await new Promise((resolve) => setTimeout(resolve, 300)).then(() => families(metrics));
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running' }), 2, 'read again per scrape');
+    assert.equal(sample(all, 'tdxfleet_vms', { state: 'terminated' }), 4);
   });
 
   it('labels the fleet gauges by host only when asked to', async () => {

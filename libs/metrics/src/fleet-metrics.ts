@@ -13,6 +13,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export interface MetricsSources {
   /** Every host's document (read from Redis when Prometheus scrapes). */
   hosts(): Promise<HostDocument[]>;
+  /** How many VMs were terminated on each of these hosts within the last 7 days. */
+  terminatedVmCounts(hostIds: readonly string[]): Promise<number[]>;
   /** Jobs by queue and state, as the queue reports them. */
   queueCounts(): Promise<Record<string, Record<string, number>>>;
 }
@@ -116,6 +118,7 @@ export class FleetMetrics {
     // One scrape reads the hosts once, however many gauges ask.
     const sources: MetricsSources = {
       hosts: shareFor(250, () => rawSources.hosts()),
+      terminatedVmCounts: (hostIds) => rawSources.terminatedVmCounts(hostIds),
       queueCounts: () => rawSources.queueCounts(),
     };
     const registers = [this.registry];
@@ -131,18 +134,26 @@ export class FleetMetrics {
 
     new Gauge({
       name: 'tdxfleet_vms',
-      help: 'VMs of the fleet by lifecycle state (read from Redis at scrape time).',
+      help:
+        'VMs of the fleet by lifecycle state; terminated: within the last 7 days (read from Redis ' +
+        'at scrape time).',
       labelNames: ['state', ...hostLabels],
       registers,
       async collect() {
         this.reset();
         const docs = await readOrNull(() => sources.hosts());
         if (docs === null) return;
+        const terminated = await readOrNull(() =>
+          sources.terminatedVmCounts(docs.map((doc) => doc.id)),
+        );
+        if (terminated === null) return;
         if (!hostLabel) for (const state of VM_LIFECYCLES) this.set({ state }, 0);
-        for (const doc of docs) {
+        docs.forEach((doc, i) => {
           for (const state of VM_LIFECYCLES) if (hostLabel) this.set({ state, host: doc.id }, 0);
           for (const vm of Object.values(doc.vms)) this.inc(withHost({ state: vm.state }, doc.id));
-        }
+          // A terminated VM leaves its host's document (those of earlier versions stayed in it).
+          this.inc(withHost({ state: 'terminated' }, doc.id), terminated[i] ?? 0);
+        });
       },
     });
     new Gauge({

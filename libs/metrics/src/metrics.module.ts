@@ -23,6 +23,7 @@ import { MetricsController } from './metrics.controller.js';
         const metrics = new FleetMetrics(
           {
             hosts: () => store.listHosts(),
+            terminatedVmCounts: (hostIds) => store.terminatedVmCounts(hostIds),
             queueCounts: () => queues.counts(),
           },
           { hostLabel: config.metricsHostLabel },

@@ -112,8 +112,14 @@ export class FleetService {
       filter.hostId === undefined
         ? await this.store.listHosts()
         : [await this.store.requireHost(filter.hostId)];
+    // Terminated VMs have left their hosts' documents; their last records are kept 7 days.
+    const terminated =
+      filter.state === undefined || filter.state === 'terminated'
+        ? await this.store.terminatedVms(docs)
+        : [];
     return docs
       .flatMap((doc) => Object.values(doc.vms).map((vm) => vmView(doc, vm)))
+      .concat(terminated.map(({ doc, vm }) => vmView(doc, vm)))
       .filter((vm) => filter.state === undefined || vm.state === filter.state)
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
   }

@@ -233,16 +233,39 @@ describe('host documents in Redis', () => {
     const { doc: found, vm } = await reader.requireVm('vm-1');
     assert.equal(found.id, 'h');
     assert.deepEqual(vm, ended.vms['vm-1']);
-    const ttl = await client.ttl(store.keys.terminatedVm('h', 'vm-1'));
-    assert.ok(ttl > FINISHED_JOB_TTL_SECONDS - 60 && ttl <= FINISHED_JOB_TTL_SECONDS, `ttl ${ttl}`);
-    // Its id may be given to a new VM, on any host; a running VM's may not. A create that gives
-    // the id back leaves the terminated VM in reach.
+    for (const key of [store.keys.terminatedVm('h', 'vm-1'), store.keys.terminatedVms('h')]) {
+      const ttl = await client.ttl(key);
+      assert.ok(ttl > FINISHED_JOB_TTL_SECONDS - 60 && ttl <= FINISHED_JOB_TTL_SECONDS, key);
+    }
+    // It is listed, and counted, for as long as its record is kept.
+    const h2 = (await reader.getHost('h2')) ?? assert.fail('h2');
+    const listed = async () =>
+      (await reader.terminatedVms([h2, (await reader.getHost('h')) ?? assert.fail('h')])).map(
+        ({ doc: on, vm: terminated }) => [on.id, terminated],
+      );
+    assert.deepEqual(await listed(), [['h', ended.vms['vm-1']]]);
+    assert.deepEqual(await reader.terminatedVmCounts(['h', 'h2', 'none']), [1, 0, 0]);
+    // Its id may be given to a new VM, on any host; a running VM's may not. Meanwhile the
+    // terminated VM is out of reach and not listed; a create that gives the id back leaves it
+    // in reach again.
     assert.equal(await reader.claimVmId('vm-2', 'h2'), null);
     const claim = await reader.claimVmId('vm-1', 'h2');
     assert.deepEqual(claim, { previousHostId: 'h' });
     assert.equal(await client.hget(store.keys.vmHost, 'vm-1'), 'h2');
+    assert.deepEqual(await listed(), []);
     await reader.releaseVmId('vm-1', 'h2', claim ?? assert.fail('claimed'));
     assert.deepEqual((await reader.requireVm('vm-1')).vm, ended.vms['vm-1']);
+    assert.deepEqual(await listed(), [['h', ended.vms['vm-1']]]);
+    // A new VM with its id on the same host is the one shown.
+    const reborn = createVm(committed ?? assert.fail('committed'), {
+      vmId: 'vm-1',
+      opId: 'boot-again',
+      vcpus: 1,
+      memoryBytes: GIB,
+      nowMs: 2000,
+    });
+    assert.ok(await reader.commit(reborn.doc));
+    assert.deepEqual(await listed(), []);
     // A fresh id given back leaves no entry.
     const fresh = await reader.claimVmId('vm-9', 'h2');
     assert.deepEqual(fresh, { previousHostId: null });

@@ -7,7 +7,7 @@ import {
   type OperationRecord,
   type VmRecord,
 } from '#fleet';
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import { encodeFleetEvents } from './fleet-events.js';
 import { FleetKeys } from './keys.js';
 import { LuaScript } from './lua-script.js';
@@ -45,6 +45,9 @@ export interface IdempotencyRecord {
   vmId: string;
 }
 
+/** Index entries read with one HMGET at most. */
+const INDEX_READ_CHUNK = 1000;
+
 /** How long finished jobs (and terminated VMs' last records) and idempotency keys are kept. */
 export const FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600;
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
@@ -66,16 +69,18 @@ const LEGACY_DOC_FIELD = 'doc';
 
 // Commits a host document if its version is still ARGV[1] ('-1': the host must not exist yet).
 // ARGV[6] 'full' replaces the whole hash; else only the ARGV[7] field/value pairs are written and
-// the ARGV[8] fields after them deleted. Finished operations and terminated VMs (KEYS[2..], the
-// values after that) are stored beside it in the same step, each for ARGV[3] seconds, and the
-// change's events (ARGV[5], if any) published on the channel ARGV[4]. Returns 1, or 0 on a
+// the ARGV[8] fields after them deleted. Finished operations and terminated VMs (KEYS[3..], the
+// values after that) are stored beside it in the same step, each for ARGV[3] seconds; the ids of
+// the ARGV[9] terminated VMs (after the values) join the host's set of them (KEYS[2]), scored by
+// when their records expire (ARGV[10], ms), and the set drops those expired by ARGV[11]. The
+// change's events (ARGV[5], if any) are published on the channel ARGV[4]. Returns 1, or 0 on a
 // conflict.
 const COMMIT_SCRIPT = new LuaScript(`
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '-1') ~= ARGV[1] then return 0 end
 if ARGV[6] == 'full' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'version', ARGV[2])
-local i = 9
+local i = 12
 for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -84,9 +89,19 @@ for _ = 1, tonumber(ARGV[8]) do
   redis.call('HDEL', KEYS[1], ARGV[i])
   i = i + 1
 end
-for k = 2, #KEYS do
+for k = 3, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[3])
   i = i + 1
+end
+local terminated = tonumber(ARGV[9])
+if terminated > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[11])
+  for _ = 1, terminated do
+    redis.call('ZADD', KEYS[2], ARGV[10], ARGV[i])
+    i = i + 1
+  end
+  -- No member outlives the records just written: the set need not either.
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
@@ -378,13 +393,11 @@ export class FleetStore {
   /** Every host's document, in id order. */
   async listHosts(): Promise<HostDocument[]> {
     const ids = await this.hostIds();
-    if (ids.length === 0) return [];
-    const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hgetall(this.keys.hostDoc(id));
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = await this.pipelined(ids, (pipeline, id) =>
+      pipeline.hgetall(this.keys.hostDoc(id)),
+    );
     const docs: HostDocument[] = [];
-    replies.forEach(([error, reply], i) => {
-      if (error !== null) throw error;
+    replies.forEach((reply, i) => {
       const fields = reply as Record<string, string>;
       const id = ids[i];
       if (id !== undefined && fields[VERSION_FIELD] !== undefined) {
@@ -432,10 +445,12 @@ export class FleetStore {
   ): Promise<HostDocument | null> {
     const { doc: kept, terminated } = withoutTerminated(next);
     const { set, del } = fieldChanges(base, kept);
+    const now = Date.now();
     const result = await COMMIT_SCRIPT.run(
       this.redis,
       [
         this.keys.hostDoc(next.id),
+        this.keys.terminatedVms(next.id),
         ...finished.map((op) => this.keys.finishedJob(next.id, op.id)),
         ...terminated.map((vm) => this.keys.terminatedVm(next.id, vm.id)),
       ],
@@ -448,10 +463,14 @@ export class FleetStore {
         base === null ? 'full' : 'delta',
         String(set.length / 2),
         String(del.length),
+        String(terminated.length),
+        String(now + FINISHED_JOB_TTL_SECONDS * 1000),
+        String(now),
         ...set,
         ...del,
         ...finished.map(encodeOperation),
         ...terminated.map((vm) => JSON.stringify(vm)),
+        ...terminated.map((vm) => vm.id),
       ],
     );
     if (result !== 1) return null;
@@ -572,22 +591,17 @@ return 1`,
         else keptChecks.push(entry);
       }
     }
-    if (keptChecks.length > 0) {
-      const pipeline = this.redis.pipeline();
-      for (const e of keptChecks) {
-        pipeline.exists(
-          index === 'jobs'
-            ? this.keys.finishedJob(e.hostId, e.id)
-            : this.keys.terminatedVm(e.hostId, e.id),
-        );
-      }
-      const replies = (await pipeline.exec()) ?? [];
-      replies.forEach(([error, reply], i) => {
-        if (error !== null) throw error;
-        const entry = keptChecks[i];
-        if (entry !== undefined && reply === 1) existing.add(entry.id);
-      });
-    }
+    const kept = await this.pipelined(keptChecks, (pipeline, e) =>
+      pipeline.exists(
+        index === 'jobs'
+          ? this.keys.finishedJob(e.hostId, e.id)
+          : this.keys.terminatedVm(e.hostId, e.id),
+      ),
+    );
+    kept.forEach((reply, i) => {
+      const entry = keptChecks[i];
+      if (entry !== undefined && reply === 1) existing.add(entry.id);
+    });
     return existing;
   }
 
@@ -610,6 +624,63 @@ return 1`,
     const vm = doc.vms[vmId] ?? (await this.terminatedVm(doc.id, vmId));
     if (vm === null) throw new NotFoundError('vm', vmId);
     return { doc, vm };
+  }
+
+  /**
+   * The VMs terminated on these hosts whose last records are still kept (7 days), each as
+   * `GET /v1/vms/{id}` shows it: one whose id is now a VM's on its host again, or whose index
+   * entry names another host (its id given to a VM there), is left out.
+   */
+  async terminatedVms(
+    docs: readonly HostDocument[],
+  ): Promise<Array<{ doc: HostDocument; vm: VmRecord }>> {
+    const now = Date.now();
+    const listed = await this.pipelined(docs, (pipeline, doc) =>
+      pipeline.zrangebyscore(this.keys.terminatedVms(doc.id), now, '+inf'),
+    );
+    const candidates = docs.flatMap((doc, i) =>
+      (listed[i] as string[])
+        .filter((vmId) => doc.vms[vmId] === undefined)
+        .map((vmId) => ({ doc, vmId })),
+    );
+    const owners: Array<string | null> = [];
+    for (let i = 0; i < candidates.length; i += INDEX_READ_CHUNK) {
+      const chunk = candidates.slice(i, i + INDEX_READ_CHUNK);
+      owners.push(...(await this.redis.hmget(this.keys.vmHost, ...chunk.map((c) => c.vmId))));
+    }
+    const owned = candidates.filter((c, i) => owners[i] === c.doc.id);
+    const records = await this.pipelined(owned, (pipeline, c) =>
+      pipeline.get(this.keys.terminatedVm(c.doc.id, c.vmId)),
+    );
+    return owned.flatMap((c, i) => {
+      const json = records[i] as string | null;
+      const key = this.keys.terminatedVm(c.doc.id, c.vmId);
+      return json === null ? [] : [{ doc: c.doc, vm: parseTerminatedVm(key, json) }];
+    });
+  }
+
+  /** How many VMs were terminated on each host within the last 7 days (their records kept). */
+  async terminatedVmCounts(hostIds: readonly string[]): Promise<number[]> {
+    const now = Date.now();
+    const counts = await this.pipelined(hostIds, (pipeline, hostId) =>
+      pipeline.zcount(this.keys.terminatedVms(hostId), now, '+inf'),
+    );
+    return counts.map(Number);
+  }
+
+  /** One command per item, sent in one pipeline; their replies in order (the first error thrown). */
+  private async pipelined<T>(
+    items: readonly T[],
+    add: (pipeline: ChainableCommander, item: T) => void,
+  ): Promise<unknown[]> {
+    if (items.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const item of items) add(pipeline, item);
+    const replies = (await pipeline.exec()) ?? [];
+    return replies.map(([error, reply]) => {
+      if (error) throw error;
+      return reply;
+    });
   }
 
   /** The last record of a VM terminated on the host (kept 7 days), or null. */

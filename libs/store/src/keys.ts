@@ -25,6 +25,11 @@ export class FleetKeys {
     return `${this.prefix}:{host:${hostId}}:vm:${vmId}`;
   }
 
+  /** The ids of the VMs terminated on the host, scored by when their last records expire (ms). */
+  terminatedVms(hostId: string): string {
+    return `${this.prefix}:{host:${hostId}}:terminated`;
+  }
+
   get hosts(): string {
     return `{${this.prefix}}:hosts`;
   }
