@@ -1,5 +1,5 @@
 import type { CostModelName, KernelFeatures } from '#tdx-sim';
-import type { PlanSummary, StepRecord } from '#vmm';
+import type { PlanSummary, TimelineEntry } from '#vmm';
 import type { ExecReport } from './exec-script.js';
 import { type ReclaimResult, type ReclaimTableRow, formatGiB } from './experiments.js';
 
@@ -58,7 +58,7 @@ export interface RebootReport {
   memoryGiB: number;
   kernel: KernelFeatures;
   ok: boolean;
-  timeline: StepRecord[];
+  timeline: TimelineEntry[];
   summary: PlanSummary;
   failure?: { step: string; errno: string; message: string };
 }

@@ -33,7 +33,7 @@ import {
   type PlanRun,
   type RebootStrategy,
   type StepName,
-  type StepRecord,
+  type TimelineEntry,
   type TerminateStrategy,
   type VmHandles,
   type VmShape,
@@ -126,7 +126,7 @@ function metadataPages(state: HostState, handles: VmHandles): number {
   return vm.controlPages + vm.septPages + vm.vcpus.reduce((sum, v) => sum + v.controlPages, 0);
 }
 
-function record(run: PlanRun, name: StepName, track?: StepRecord['track']): StepRecord {
+function record(run: PlanRun, name: StepName, track?: TimelineEntry['track']): TimelineEntry {
   const found = run.timeline.find(
     (r) => r.name === name && (track === undefined || r.track === track),
   );

@@ -180,6 +180,20 @@ function nameSet(prefix: '' | 'old.') {
 
 const NAMES = { '': nameSet(''), 'old.': nameSet('old.') };
 
+/** The handle of the VM a reboot or terminate starts from. */
+export const OLD_VM_HANDLE = NAMES['old.'].vm;
+
+/** What a plan's handle names: a VM fd, a vCPU fd, a guest_memfd fd or a mapping. */
+export type HandleKind = 'vm' | 'vcpu' | 'gmem' | 'map';
+
+/** The kind of a handle named by {@link nameSet} (old or new VM), or null for any other name. */
+export function handleKind(name: string): HandleKind | null {
+  const base = name.startsWith('old.') ? name.slice(4) : name;
+  const dot = base.indexOf('.');
+  const kind = dot === -1 ? base : base.slice(0, dot);
+  return kind === 'vm' || kind === 'vcpu' || kind === 'gmem' || kind === 'map' ? kind : null;
+}
+
 /** The memory layout of a new VM: one guest_memfd behind slot 0 at GPA 0. */
 function layout(shape: VmShape): GuestMemfdHandle[] {
   return [{ fd: -1, map: null, slot: 0, gpa: 0, bytes: shape.memoryBytes, offset: 0 }];
