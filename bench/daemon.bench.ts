@@ -181,7 +181,7 @@ function runToEnd(doc: HostDocument, opId: string, nowMs: number): HostDocument 
       maxWaitMs: 0,
       pollMs: 50,
     });
-    if (advance.kind === 'wait') throw new Error(`boot of ${opId} waits (${advance.reason})`);
+    if (advance.kind === 'wait') throw new Error(`boot of ${opId} waits`);
     current = advance.doc;
     if (advance.finished !== null) {
       if (advance.finished.state !== 'succeeded') throw new Error(`boot of ${opId} failed`);

@@ -161,6 +161,6 @@ export async function waitForJobs(
 
 /** A host's usage with every release whose time has passed returned, for comparisons. */
 export function settledUsage(doc: HostDocument, nowMs: number) {
-  const view = hostView(settleDue(doc, nowMs), nowMs);
+  const view = hostView(settleDue(doc, doc.clock), nowMs);
   return { memory: view.usage.memory, hkids: view.usage.hkids };
 }

@@ -25,8 +25,17 @@ export const jobViewSchema = z.strictObject({
       track: z.string().describe('teardown or boot: the two run side by side'),
       state: z.enum(['pending', 'waiting', 'running', 'done', 'failed', 'skipped']),
       virtualSeconds: z.number().describe('Simulated seconds the step costs'),
+      virtualStart: z
+        .number()
+        .nullable()
+        .describe('Simulated seconds from the start of the job to the start of the step'),
+      waitedSeconds: z
+        .number()
+        .describe('Simulated seconds the step waited for an HKID, memory or the HKID lock'),
       wallMs: z.number().describe('Real milliseconds until its simulated time had passed'),
-      waitedMs: z.number().describe('Real milliseconds spent waiting for an HKID or memory'),
+      waitedMs: z
+        .number()
+        .describe('Real milliseconds spent waiting (its simulated wait at the time scale)'),
       errno: z
         .string()
         .optional()

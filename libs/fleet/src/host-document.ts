@@ -47,26 +47,34 @@ export function createHostDocument(spec: HostSpec, nowMs: number): HostDocument 
     sim: createHost(config),
     vms: {},
     ops: {},
-    settles: [],
-    hkidReleaseBusyUntilMs: 0,
+    clock: 0,
+    clockAtMs: nowMs,
+    arrivals: 0,
+    releases: [],
+    hkidLockFreeAt: 0,
   };
 }
 
 /**
- * Returns to the host whatever was freed by steps whose virtual time has passed by `nowMs`.
- * Returns the same document when nothing was due.
+ * Returns to the host whatever was freed by steps whose virtual time has passed by `at` (a
+ * virtual time of the host). Returns the same document when nothing was due.
  */
-export function settleDue(doc: HostDocument, nowMs: number): HostDocument {
-  const due = doc.settles.filter((s) => s.atMs <= nowMs);
+export function settleDue(doc: HostDocument, at: number): HostDocument {
+  const due = doc.releases.filter((r) => r.at <= at);
   if (due.length === 0) return doc;
   let sim = doc.sim;
-  for (const settle of due) sim = settleRelease(sim, settle.release);
-  return { ...doc, sim, settles: doc.settles.filter((s) => s.atMs > nowMs) };
+  for (const pending of due) sim = settleRelease(sim, pending.release);
+  return { ...doc, sim, releases: doc.releases.filter((r) => r.at > at) };
 }
 
-/** The earliest time something in flight returns to the host, or null. */
-export function nextSettleAt(doc: HostDocument): number | null {
-  let next: number | null = null;
-  for (const s of doc.settles) if (next === null || s.atMs < next) next = s.atMs;
-  return next;
+/** The host's virtual time at real time `nowMs`, paced by `timeScale` (0: its clock as it is). */
+export function hostTimeAt(doc: HostDocument, nowMs: number, timeScale: number): number {
+  if (timeScale === 0) return doc.clock;
+  return doc.clock + (Math.max(0, nowMs - doc.clockAtMs) * timeScale) / 1000;
+}
+
+/** The real time at which the host reaches virtual time `at`, paced by `timeScale`. */
+export function realTimeOf(doc: HostDocument, at: number, timeScale: number): number {
+  if (timeScale === 0 || at <= doc.clock) return doc.clockAtMs;
+  return doc.clockAtMs + ((at - doc.clock) / timeScale) * 1000;
 }

@@ -1,13 +1,17 @@
-import type { Errno, HostState, SimOp } from '#tdx-sim';
+import type { HostState } from '#tdx-sim';
 import type {
   Bindings,
   Intent,
+  PendingRelease,
   Plan,
-  PlanStep,
   PlanSummary,
   RebootStrategy,
+  RunTotals,
+  StepRecord,
+  StopReason,
   TerminateStrategy,
   Track,
+  TrackCursor,
   VmHandles,
 } from '#vmm';
 
@@ -58,65 +62,28 @@ export type Strategy = RebootStrategy | TerminateStrategy;
 /** Where an operation is. */
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
-/** One step of an operation as it ran. */
-export interface JobStep {
-  name: PlanStep['name'];
-  track: Track;
-  state: 'pending' | 'waiting' | 'done' | 'failed' | 'skipped';
-  /** Virtual seconds the step cost. */
-  virtualSeconds: number;
-  /** Virtual time (from the operation's start) when it started. */
-  virtualStart: number | null;
+/**
+ * One step of an operation as it ran: the engine's record (virtual times) and when it ran in
+ * real time, which depends on the time scale and is shown, never computed with.
+ */
+export interface JobStep extends StepRecord {
   /** Real milliseconds from the step's start until its virtual time had passed. */
   wallMs: number;
   startedAtMs: number | null;
   /** When its virtual time has passed (and what it freed is back with the host). */
   endsAtMs: number | null;
-  /** Real milliseconds spent waiting for an HKID or memory before it could run. */
+  /** Real milliseconds spent waiting for an HKID, memory or the HKID lock before it could run. */
   waitedMs: number;
-  errno?: Errno;
-  /** The call that returned `errno`. */
-  call?: SimOp;
-  message?: string;
-  /** Cleanup steps added when the operation was cancelled or failed. */
-  cleanup?: boolean;
-}
-
-/** A track's cursor: the next step and when it may run. */
-export interface TrackCursor {
-  /** Index into the plan's steps of this track (in order). */
-  next: number;
-  readyAtMs: number;
-  virtualReadyAt: number;
-  /** When the next step first tried and had to wait; null when not waiting. */
-  waitingSinceMs: number | null;
 }
 
 /** The totals an operation adds up as its steps run. */
-export interface OperationTotals {
-  reclaimSeconds: number;
-  /** The part of `reclaimSeconds` spent by Dynamic Page Removal (pages of a RUNNABLE TD). */
-  removalSeconds: number;
-  /** The part spent reclaiming pages of a TD in TEARDOWN (and releasing HKIDs). */
-  teardownSeconds: number;
-  reclaimedPages: number;
-  freedPages: number;
-  reusedPages: number;
-  allocatedPages: number;
-  /** Virtual time when the old VM's HKID was released. */
-  hkidReleasedAt: number | null;
-}
+export type OperationTotals = RunTotals;
 
 /** The measured outcome of a successful operation: the same totals as a plan run in pure time. */
 export type OperationResult = PlanSummary;
 
 /** Why an operation failed or was cancelled. */
-export interface OperationError {
-  code: 'step_failed' | 'cancelled' | 'wait_timeout';
-  message: string;
-  step?: PlanStep['name'];
-  errno?: Errno;
-}
+export type OperationError = StopReason;
 
 /**
  * One operation on one VM: its plan and how far it got. Lives in its host's document while
@@ -144,6 +111,16 @@ export interface OperationRecord {
   bootReleased: boolean;
   bindings: Bindings;
   totals: OperationTotals;
+  /** Virtual time of its host at which it arrived there (when it was submitted). */
+  arrivedAt: number;
+  /** Its place among the host's arrivals: operations that arrive together start in this order. */
+  arrival: number;
+  /** Virtual time of its host at which it started (its arrival until then). */
+  startedAt: number;
+  /** When it next has something to do, in its host's virtual time; null while stuck. */
+  nextAt: number | null;
+  /** Real time since which a step has waited with nothing known to change, or null. */
+  stuckSinceMs: number | null;
   /** The VM's lifecycle state before the operation, restored if it never starts. */
   previousVmState: VmLifecycle;
   cancelRequested: boolean;
@@ -156,14 +133,6 @@ export interface OperationRecord {
   createdAtMs: number;
   startedAtMs: number | null;
   finishedAtMs: number | null;
-  /** The time scale the operation runs at (fixed when it starts). */
-  timeScale: number;
-}
-
-/** A release of memory or an HKID that returns to the host at `atMs`. */
-export interface ScheduledSettle {
-  release: number;
-  atMs: number;
 }
 
 /** Everything about one simulated host, stored as one versioned document. */
@@ -176,8 +145,18 @@ export interface HostDocument {
   vms: Record<string, VmRecord>;
   /** Queued and running operations; finished ones leave the document. */
   ops: Record<string, OperationRecord>;
-  /** Releases in flight and when they return to the host. */
-  settles: ScheduledSettle[];
-  /** The host-wide lock of HKID release (the kernel's global lock): free after this time. */
-  hkidReleaseBusyUntilMs: number;
+  /**
+   * The host's virtual clock: the virtual time (seconds) up to which it has been simulated.
+   * Operations arrive at the host's current virtual time, and every wait ends at the virtual time
+   * its resource comes back: no result depends on the real time or the time scale.
+   */
+  clock: number;
+  /** The real time at which the clock was last set: the time scale paces from there. */
+  clockAtMs: number;
+  /** Operations that have arrived so far: the next arrival's place. */
+  arrivals: number;
+  /** Releases in flight and the virtual time at which they return to the host. */
+  releases: PendingRelease[];
+  /** The host-wide lock of HKID release (the kernel's global lock): free from this virtual time. */
+  hkidLockFreeAt: number;
 }

@@ -6,10 +6,12 @@ import {
   type RebootStrategy,
   type TerminateStrategy,
   type VmShape,
+  pendingStep,
   planBoot,
   planFor,
   shapeProblem,
 } from '#vmm';
+import { hostTimeAt } from './host-document.js';
 import {
   InvalidRequestError,
   KernelFeatureMissingError,
@@ -106,10 +108,12 @@ function newOperation(
     strategy: Strategy | null;
     plan: Plan;
     nowMs: number;
+    timeScale: number;
     idempotencyKey: string | null;
     batchId: string | null;
   },
 ): OperationRecord {
+  const arrivedAt = hostTimeAt(doc, fields.nowMs, fields.timeScale);
   return {
     id: fields.id,
     hostId: doc.id,
@@ -121,8 +125,14 @@ function newOperation(
     plan: null,
     steps: [],
     tracks: {
-      teardown: { next: 0, readyAtMs: 0, virtualReadyAt: 0, waitingSinceMs: null },
-      boot: { next: 0, readyAtMs: 0, virtualReadyAt: 0, waitingSinceMs: null },
+      teardown: {
+        next: 0,
+        readyAt: arrivedAt,
+        waitingSince: null,
+        waitingFor: null,
+        yielded: false,
+      },
+      boot: { next: 0, readyAt: arrivedAt, waitingSince: null, waitingFor: null, yielded: false },
     },
     bootReleased: !fields.plan.steps.some((s) => s.track === 'teardown'),
     bindings: {},
@@ -136,6 +146,11 @@ function newOperation(
       allocatedPages: 0,
       hkidReleasedAt: null,
     },
+    arrivedAt,
+    arrival: doc.arrivals,
+    startedAt: arrivedAt,
+    nextAt: arrivedAt,
+    stuckSinceMs: null,
     previousVmState: vm.state,
     cancelRequested: false,
     cleanupReason: null,
@@ -146,7 +161,6 @@ function newOperation(
     createdAtMs: fields.nowMs,
     startedAtMs: null,
     finishedAtMs: null,
-    timeScale: 0,
   };
 }
 
@@ -157,6 +171,8 @@ export interface CreateVmRequest {
   vcpus: number;
   memoryBytes: number;
   nowMs: number;
+  /** How the host's virtual time follows real time: the boot arrives at the host's current one. */
+  timeScale?: number;
   idempotencyKey?: string | null;
   batchId?: string | null;
 }
@@ -192,12 +208,18 @@ export function createVm(
     strategy: null,
     plan: planBoot(shape),
     nowMs: request.nowMs,
+    timeScale: request.timeScale ?? 0,
     idempotencyKey: request.idempotencyKey ?? null,
     batchId: request.batchId ?? null,
   });
   vm.state = 'booting';
   return {
-    doc: { ...doc, vms: { ...doc.vms, [vm.id]: vm }, ops: { ...doc.ops, [op.id]: op } },
+    doc: {
+      ...doc,
+      vms: { ...doc.vms, [vm.id]: vm },
+      ops: { ...doc.ops, [op.id]: op },
+      arrivals: doc.arrivals + 1,
+    },
     vm,
     op,
   };
@@ -210,6 +232,8 @@ export interface OperationRequest {
   action: 'reboot' | 'terminate';
   strategy: Strategy;
   nowMs: number;
+  /** How the host's virtual time follows real time: the operation arrives at the host's current one. */
+  timeScale?: number;
   idempotencyKey?: string | null;
   batchId?: string | null;
 }
@@ -267,6 +291,7 @@ export function submitOperation(
     strategy: request.strategy,
     plan,
     nowMs: request.nowMs,
+    timeScale: request.timeScale ?? 0,
     idempotencyKey: request.idempotencyKey ?? null,
     batchId: request.batchId ?? null,
   });
@@ -277,7 +302,12 @@ export function submitOperation(
     updatedAtMs: request.nowMs,
   };
   return {
-    doc: { ...doc, vms: { ...doc.vms, [vm.id]: updated }, ops: { ...doc.ops, [op.id]: op } },
+    doc: {
+      ...doc,
+      vms: { ...doc.vms, [vm.id]: updated },
+      ops: { ...doc.ops, [op.id]: op },
+      arrivals: doc.arrivals + 1,
+    },
     op,
   };
 }
@@ -324,18 +354,8 @@ export function requestCancel(
 }
 
 /** A step of a plan that has not run yet. */
-export function pendingStep(step: PlanStep): JobStep {
-  return {
-    name: step.name,
-    track: step.track,
-    state: 'pending',
-    virtualSeconds: 0,
-    virtualStart: null,
-    wallMs: 0,
-    startedAtMs: null,
-    endsAtMs: null,
-    waitedMs: 0,
-  };
+export function pendingJobStep(step: PlanStep): JobStep {
+  return { ...pendingStep(step), wallMs: 0, startedAtMs: null, endsAtMs: null, waitedMs: 0 };
 }
 
 /**

@@ -51,7 +51,7 @@ export interface HostView {
 
 /** The host as it is at `nowMs`: releases whose time has passed count as returned. */
 export function hostView(doc: HostDocument, nowMs: number): HostView {
-  const current = settleDue(doc, nowMs);
+  const current = settleDue(doc, doc.clock);
   const config = current.sim.config;
   const memory = memoryUsageBytes(current.sim);
   const hkids = hkidUsage(current.sim);
@@ -159,6 +159,10 @@ export interface JobView {
     track: string;
     state: 'pending' | 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
     virtualSeconds: number;
+    /** Virtual time of its start, from the job's start (null until it runs). */
+    virtualStart: number | null;
+    /** Virtual seconds it waited for an HKID, memory or the HKID release lock. */
+    waitedSeconds: number;
     wallMs: number;
     waitedMs: number;
     errno?: string;
@@ -183,6 +187,8 @@ export function jobView(op: OperationRecord, nowMs: number): JobView {
       track: s.track,
       state: running ? 'running' : s.state,
       virtualSeconds: s.virtualSeconds,
+      virtualStart: s.virtualStart,
+      waitedSeconds: s.waitedSeconds,
       wallMs: Math.round(s.wallMs),
       waitedMs: Math.round(s.waitedMs),
     };

@@ -167,7 +167,7 @@ export class FleetMetrics {
         if (docs === null) return;
         if (!hostLabel) this.set(0);
         for (const doc of docs) {
-          const usage = hkidUsage(settleDue(doc, Date.now()).sim);
+          const usage = hkidUsage(settleDue(doc, doc.clock).sim);
           this.inc(withHost({}, doc.id), usage.total - usage.free);
         }
       },
@@ -211,7 +211,7 @@ export class FleetMetrics {
         if (docs === null) return;
         if (!hostLabel) for (const use of MEMORY_USES) this.set({ use }, 0);
         for (const doc of docs) {
-          const m = memoryUsageBytes(settleDue(doc, Date.now()).sim);
+          const m = memoryUsageBytes(settleDue(doc, doc.clock).sim);
           const byUse: Record<(typeof MEMORY_USES)[number], number> = {
             free: m.free,
             guest_private: m.private,

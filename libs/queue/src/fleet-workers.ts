@@ -216,8 +216,6 @@ export class FleetWorkers {
     switch (outcome.kind) {
       case 'finished':
         return { state: outcome.state };
-      case 'deferred':
-        return this.putBack(job, token, outcome.untilMs);
       case 'handed-back':
         return this.putBack(job, token, Date.now());
     }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Global, Inject, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '#config';
 import { LOGGER } from '#logging';
@@ -43,7 +44,11 @@ export class FleetConnections implements OnApplicationShutdown {
     this.queues = new FleetQueues(this.queueConnection, this.store.keys.queuePrefix);
     this.queues.operations.on('error', logError('operations queue'));
     this.queues.batches.on('error', logError('batches queue'));
-    this.service = new FleetService(this.store, this.queues);
+    this.service = new FleetService(this.store, this.queues, {
+      now: () => Date.now(),
+      newId: () => randomUUID(),
+      timeScale: config.timeScale,
+    });
   }
 
   async onApplicationShutdown(): Promise<void> {

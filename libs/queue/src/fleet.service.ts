@@ -62,11 +62,17 @@ export interface CreateVmInput {
 export interface ServiceEnvironment {
   now: () => number;
   newId: () => string;
+  /**
+   * How the hosts' virtual clocks follow real time (the workers' TIME_SCALE): an operation arrives
+   * at its host's current virtual time.
+   */
+  timeScale: number;
 }
 
 const DEFAULT_ENVIRONMENT: ServiceEnvironment = {
   now: () => Date.now(),
   newId: () => randomUUID(),
+  timeScale: 0,
 };
 
 /**
@@ -163,6 +169,7 @@ export class FleetService {
               vcpus: input.vcpus,
               memoryBytes: input.memoryBytes,
               nowMs: this.env.now(),
+              timeScale: this.env.timeScale,
               idempotencyKey: idempotency?.key ?? null,
             });
             return { doc: created.doc, value: created };
@@ -215,6 +222,7 @@ export class FleetService {
           action,
           strategy,
           nowMs: this.env.now(),
+          timeScale: this.env.timeScale,
           idempotencyKey: idempotency?.key ?? null,
           batchId: batchId ?? null,
         });

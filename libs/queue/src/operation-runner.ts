@@ -1,21 +1,22 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  type BatchAdvance,
-  type ExecutorOptions,
   type FleetEvent,
   type HostDocument,
   type JobState,
   type OperationRecord,
-  advanceOperations,
+  advanceHost,
 } from '#fleet';
 import type { FleetStore } from '#store';
 
-/** An operation's change in a commit: its record, its events, and whether it finished. */
-export type Committed = Extract<BatchAdvance, { kind: 'commit' }>;
+/** An operation's change in a commit: its record, the commit's events, and whether it finished. */
+export interface Committed {
+  op: OperationRecord;
+  events: FleetEvent[];
+  finished: OperationRecord | null;
+}
 
-/** What one advance of an operation came to. */
+/** What one advance of an operation's host came to for it. */
 type StepResult =
-  | Extract<RunOutcome, { kind: 'deferred' }>
   | { kind: 'finished'; state: JobState; commit: Committed | null }
   | { kind: 'conflict' }
   | { kind: 'sleep'; untilMs: number; commit: Committed | null };
@@ -34,8 +35,6 @@ export interface RunnerOptions {
 /** How a run ended for the queue. */
 export type RunOutcome =
   | { kind: 'finished'; state: JobState }
-  /** The host is at its concurrency limit: put the job back until `untilMs`. */
-  | { kind: 'deferred'; untilMs: number }
   /** The process is stopping: put the job back at once for another worker. */
   | { kind: 'handed-back' };
 
@@ -76,7 +75,6 @@ export class OperationRunner {
         if (step.commit !== null) await observer?.committed(step.commit);
         return { kind: 'finished', state: step.state };
       }
-      if (step.kind === 'deferred') return step;
       if (step.kind === 'conflict') continue; // another process changed the host: read it again
       if (step.commit !== null) await observer?.committed(step.commit);
       if (!(await this.sleepUntil(step.untilMs, signal))) return { kind: 'handed-back' };
@@ -145,22 +143,17 @@ export class OperationRunner {
   }
 
   /**
-   * Advances each operation on `doc` in turn and commits them together. `optimistic` (a document
-   * that may be stale): gives up (null) rather than decide to wait, find an operation missing, or
-   * lose the compare-and-set, since those need a fresh read.
+   * Advances the host on `doc` (every operation on it, whichever job asked) and commits the
+   * change; then says what it came to for each operation in `opIds`. `optimistic` (a document
+   * that may be stale): gives up (null) rather than find an operation missing or lose the
+   * compare-and-set, since those need a fresh read.
    */
   private async advanceOn(
     doc: HostDocument | null,
     opIds: readonly string[],
     optimistic: boolean,
   ): Promise<StepResult[] | null> {
-    const executorOptions: ExecutorOptions = {
-      nowMs: this.now(),
-      timeScale: this.options.timeScale,
-      hostConcurrency: this.options.hostConcurrency,
-      maxWaitMs: this.options.stepWaitTimeoutMs,
-      pollMs: this.options.pollMs,
-    };
+    const nowMs = this.now();
     if (doc === null) {
       // No such host (any more): each operation is looked up where finished ones are kept.
       if (optimistic) return null;
@@ -169,51 +162,36 @@ export class OperationRunner {
         opIds,
       );
     }
-    const batch = advanceOperations(doc, opIds, executorOptions);
-    const results: Array<StepResult | null> = [];
-    const finished: OperationRecord[] = [];
-    const events: FleetEvent[] = [];
-    for (const advance of batch.advances) {
-      if (advance.kind === 'missing') {
-        if (optimistic) return null;
-        results.push(null); // finished (or cancelled while queued) elsewhere: looked up below
-        continue;
-      }
-      if (advance.kind === 'wait') {
-        if (optimistic) return null;
-        results.push(
-          advance.reason === 'host_busy'
-            ? { kind: 'deferred', untilMs: advance.untilMs }
-            : { kind: 'sleep', untilMs: advance.untilMs, commit: null },
-        );
-        continue;
-      }
-      events.push(...advance.events);
-      if (advance.finished !== null) {
-        finished.push(advance.finished);
-        results.push({ kind: 'finished', state: advance.finished.state, commit: advance });
-      } else {
-        results.push({ kind: 'sleep', untilMs: advance.wakeAtMs, commit: advance });
-      }
-    }
-    const current = batch.doc;
-    const committing = results.some((r) => r !== null && 'commit' in r && r.commit !== null);
-    if (committing) {
+    if (optimistic && opIds.some((id) => doc.ops[id] === undefined)) return null;
+    const advance = advanceHost(doc, {
+      nowMs,
+      timeScale: this.options.timeScale,
+      hostConcurrency: this.options.hostConcurrency,
+      maxWaitMs: this.options.stepWaitTimeoutMs,
+      pollMs: this.options.pollMs,
+    });
+    if (advance.changed) {
       const committed = await this.store.commitMany(
-        { ...current, version: doc.version },
-        finished,
-        events,
+        { ...advance.doc, version: doc.version },
+        advance.finished,
+        advance.events,
       );
       if (committed === null) {
         if (optimistic) return null;
-        // Another process changed the host: every operation that had something to commit
-        // reads it again.
-        const retried = results.map((r): StepResult | null =>
-          r !== null && 'commit' in r && r.commit !== null ? { kind: 'conflict' } : r,
-        );
-        return this.lookUpFinished(retried, opIds);
+        // Another process changed the host: read it again.
+        return opIds.map(() => ({ kind: 'conflict' }));
       }
     }
+    const wakeAtMs = advance.wakeAtMs ?? nowMs + this.options.pollMs;
+    const results = opIds.map((opId): StepResult | null => {
+      if (doc.ops[opId] === undefined) return null; // finished elsewhere: looked up below
+      const finished = advance.finished.find((op) => op.id === opId) ?? null;
+      const op = finished ?? advance.doc.ops[opId];
+      if (op === undefined) return null;
+      const commit = advance.changed ? { op, events: advance.events, finished } : null;
+      if (finished !== null) return { kind: 'finished', state: finished.state, commit };
+      return { kind: 'sleep', untilMs: wakeAtMs, commit };
+    });
     return this.lookUpFinished(results, opIds);
   }
 

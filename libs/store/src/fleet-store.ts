@@ -237,8 +237,11 @@ function parseHostFields(key: string, fields: ReadonlyMap<string, string>): Host
     !isRecord(doc.sim) ||
     !isRecord(doc.vms) ||
     !isRecord(doc.ops) ||
-    !Array.isArray(doc.settles) ||
-    typeof doc.hkidReleaseBusyUntilMs !== 'number'
+    !Array.isArray(doc.releases) ||
+    typeof doc.hkidLockFreeAt !== 'number' ||
+    typeof doc.clock !== 'number' ||
+    typeof doc.clockAtMs !== 'number' ||
+    typeof doc.arrivals !== 'number'
   ) {
     throw new CorruptRecordError(key, 'not a host document');
   }

@@ -6,12 +6,7 @@
  */
 import { ALL_KERNELS, GIB_BYTES, type KernelFeatures, kernelLabel } from '#tdx-sim';
 import type { RebootStrategy, TerminateStrategy } from '#vmm';
-import {
-  type Advance,
-  type ExecutorOptions,
-  type FleetEvent,
-  advanceOperation,
-} from '../executor.js';
+import { type ExecutorOptions, type FleetEvent, advanceHost } from '../executor.js';
 import { type HostSpec, createHostDocument } from '../host-document.js';
 import type { HostDocument, OperationRecord } from '../model.js';
 import { createVm } from '../operations.js';
@@ -88,19 +83,11 @@ export function at(nowMs: number, run: Partial<RunOptions> = {}): ExecutorOption
 /** One committed document, as the store would hold it from `atMs` on. */
 export interface CommitRecord {
   atMs: number;
-  opId: string;
   doc: HostDocument;
   events: FleetEvent[];
-  finished: OperationRecord | null;
-  wakeAtMs: number;
-}
-
-/** One advance that had nothing to commit. */
-export interface WaitRecord {
-  atMs: number;
-  opId: string;
-  untilMs: number;
-  reason: Extract<Advance, { kind: 'wait' }>['reason'];
+  /** Operations that ended in this commit. */
+  finished: OperationRecord[];
+  wakeAtMs: number | null;
 }
 
 /** What a drive did. */
@@ -112,7 +99,6 @@ export interface DriveResult {
   /** Operations that finished, by id, as the store would keep them. */
   finished: Record<string, OperationRecord>;
   commits: CommitRecord[];
-  waits: WaitRecord[];
 }
 
 /** Options of {@link driveAll}. */
@@ -129,8 +115,8 @@ export interface DriveOptions {
 }
 
 /**
- * One worker driving one operation with a fake clock: the loop of the executor's contract.
- * Stops when the operation finishes (or `stopWhen`/`untilMs` says so).
+ * A worker driving the host of one operation with a fake clock: the loop of the executor's
+ * contract. Stops when the operation finishes (or `stopWhen`/`untilMs` says so).
  */
 export function drive(
   doc: HostDocument,
@@ -142,9 +128,9 @@ export function drive(
 }
 
 /**
- * Several workers on one host: each operation has its own wake-up time; the clock jumps to the
- * earliest one, and operations due at the same moment take turns (round-robin), each advance
- * reading the latest committed document, as compare-and-set workers would.
+ * Workers on one host with a fake clock: each round advances the host at the fake time, commits
+ * what changed, and jumps to the real time the host asks to be woken at. Stops once every
+ * operation of `opIds` has finished.
  */
 export function driveAll(
   doc: HostDocument,
@@ -153,50 +139,40 @@ export function driveAll(
   options: DriveOptions = {},
 ): DriveResult {
   const maxAdvances = options.maxAdvances ?? 100_000;
-  const nextAt = new Map(opIds.map((id) => [id, startMs]));
-  const result: DriveResult = { doc, nowMs: startMs, finished: {}, commits: [], waits: [] };
-  let turn = 0;
-  for (let advances = 0; nextAt.size > 0; advances++) {
+  const waiting = new Set(opIds);
+  const result: DriveResult = { doc, nowMs: startMs, finished: {}, commits: [] };
+  for (let advances = 0; waiting.size > 0; advances++) {
     if (advances >= maxAdvances) {
       throw new Error(
-        `operations ${[...nextAt.keys()].join(', ')} still running after ${advances} advances`,
+        `operations ${[...waiting].join(', ')} still running after ${advances} advances`,
       );
     }
-    const pending = [...nextAt.entries()];
-    const earliest = Math.min(...pending.map(([, t]) => t));
-    const now = Math.max(result.nowMs, earliest);
+    const now = result.nowMs;
     if (options.untilMs !== undefined && now > options.untilMs) break;
-    result.nowMs = now;
-    // Among the operations due now, take turns.
-    const due = pending.filter(([, t]) => t <= now).map(([id]) => id);
-    const opId = due[turn % due.length];
-    turn += 1;
-    if (opId === undefined) throw new Error('no operation due');
-    const advance = advanceOperation(result.doc, opId, at(now, options.run));
-    if (advance.kind === 'wait') {
-      result.waits.push({ atMs: now, opId, untilMs: advance.untilMs, reason: advance.reason });
-      // Back when told; a wait that names no later time is retried a millisecond on.
-      nextAt.set(opId, advance.untilMs > now ? advance.untilMs : now + 1);
-      continue;
+    const advance = advanceHost(result.doc, at(now, options.run));
+    if (advance.changed) {
+      result.doc = { ...advance.doc, version: result.doc.version + 1 };
+      const commit: CommitRecord = {
+        atMs: now,
+        doc: result.doc,
+        events: advance.events,
+        finished: advance.finished,
+        wakeAtMs: advance.wakeAtMs,
+      };
+      result.commits.push(commit);
+      for (const op of advance.finished) {
+        result.finished[op.id] = op;
+        waiting.delete(op.id);
+      }
+      options.onCommit?.(commit);
+      if (options.stopWhen?.(commit) === true) break;
     }
-    result.doc = { ...advance.doc, version: result.doc.version + 1 };
-    const commit: CommitRecord = {
-      atMs: now,
-      opId,
-      doc: result.doc,
-      events: advance.events,
-      finished: advance.finished,
-      wakeAtMs: advance.wakeAtMs,
-    };
-    result.commits.push(commit);
-    if (advance.finished !== null) {
-      result.finished[opId] = advance.finished;
-      nextAt.delete(opId);
-    } else {
-      nextAt.set(opId, Math.max(now, advance.wakeAtMs));
+    if (waiting.size === 0) break;
+    if (advance.wakeAtMs === null) {
+      throw new Error(`operations ${[...waiting].join(', ')} have nothing left to wait for`);
     }
-    options.onCommit?.(commit);
-    if (options.stopWhen?.(commit) === true) break;
+    // Back when told; a wake-up that names no later time is a millisecond on.
+    result.nowMs = advance.wakeAtMs > now ? advance.wakeAtMs : now + (advance.changed ? 0 : 1);
   }
   return result;
 }
