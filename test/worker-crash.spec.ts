@@ -53,7 +53,7 @@ function runToEnd(doc: HostDocument, opId: string): { doc: HostDocument; op: Ope
       maxWaitMs: 1000,
       pollMs: 50,
     });
-    if (advance.kind === 'wait') throw new Error(`reference run waits (${advance.reason})`);
+    if (advance.kind === 'wait') throw new Error('reference run waits');
     current = advance.doc;
     if (advance.finished !== null) return { doc: current, op: advance.finished };
   }

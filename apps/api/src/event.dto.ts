@@ -16,6 +16,9 @@ export type EventFilter = z.output<typeof eventFilterSchema>;
 export const fleetEventSchema = z.strictObject({
   type: z.enum(['job.started', 'job.step', 'job.waiting', 'job.finished', 'vm.state']),
   atMs: z.number().describe('When it happened (ms since the epoch)'),
+  virtualTime: z
+    .number()
+    .describe("When it happened in the host's virtual time (seconds of its clock)"),
   hostId: z.string(),
   vmId: z.string(),
   jobId: z.string(),

@@ -49,8 +49,11 @@ export interface HostView {
   createdAt: string;
 }
 
-/** The host as it is at `nowMs`: releases whose time has passed count as returned. */
-export function hostView(doc: HostDocument, nowMs: number): HostView {
+/**
+ * The host as it was last simulated (at its clock: a worker wakes when the next release is due).
+ * `_nowMs` is kept for callers that show hosts beside jobs at one real time.
+ */
+export function hostView(doc: HostDocument, _nowMs: number): HostView {
   const current = settleDue(doc, doc.clock);
   const config = current.sim.config;
   const memory = memoryUsageBytes(current.sim);

@@ -238,7 +238,7 @@ describe('FleetMetrics', () => {
       const driven = drive(doc, opId, nowMs);
       for (const commit of driven.commits) {
         metrics.observeEvents(commit.events);
-        if (commit.finished !== null) metrics.observeFinished(commit.finished);
+        for (const finished of commit.finished) metrics.observeFinished(finished);
       }
       const op = finishedOp(driven, opId);
       assert.equal(op.state, 'succeeded');

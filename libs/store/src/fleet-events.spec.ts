@@ -14,6 +14,7 @@ const event: fc.Arbitrary<FleetEvent> = fc.record(
       'vm.state' as const,
     ),
     atMs: fc.constantFrom(1000, 1001),
+    virtualTime: fc.constantFrom(0, 2.5),
     hostId: fc.constantFrom('h1', 'h2'),
     vmId: fc.constantFrom('vm-1', 'vm-2'),
     jobId: fc.constantFrom('job-1', 'job-2'),
@@ -22,7 +23,10 @@ const event: fc.Arbitrary<FleetEvent> = fc.record(
     errno: fc.constantFrom('ENOSPC' as const, 'ENOMEM' as const),
     call: fc.constantFrom('KVM_CREATE_VM'),
   },
-  { requiredKeys: ['type', 'atMs', 'hostId', 'vmId', 'jobId'], noNullPrototype: true },
+  {
+    requiredKeys: ['type', 'atMs', 'virtualTime', 'hostId', 'vmId', 'jobId'],
+    noNullPrototype: true,
+  },
 );
 
 describe('event messages', () => {
@@ -39,6 +43,7 @@ describe('event messages', () => {
     const events: FleetEvent[] = Array.from({ length: 16 }, (_, i) => ({
       type: 'job.step',
       atMs: 1_790_000_000_000,
+      virtualTime: i * 2.5,
       hostId: 'host-1',
       vmId: 'vm-1',
       jobId: 'reboot-vm-1',
@@ -51,6 +56,7 @@ describe('event messages', () => {
     const plain: FleetEvent = {
       type: 'job.finished',
       atMs: 5,
+      virtualTime: 1,
       hostId: 'h',
       vmId: 'v',
       jobId: 'j',

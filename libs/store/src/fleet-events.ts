@@ -23,6 +23,7 @@ function isEvent(value: unknown): value is FleetEvent {
     typeof value.type === 'string' &&
     EVENT_TYPES.has(value.type) &&
     typeof value.atMs === 'number' &&
+    typeof value.virtualTime === 'number' &&
     typeof value.hostId === 'string' &&
     typeof value.vmId === 'string' &&
     typeof value.jobId === 'string' &&

@@ -5,7 +5,7 @@ import {
   type HostDocument,
   type JobStep,
   type OperationRecord,
-  advanceOperations,
+  advanceHost,
   createHostDocument,
   createVm,
   submitOperation,
@@ -21,9 +21,8 @@ function advanceAll(
   doc: HostDocument,
   timeScale: number,
 ): { doc: HostDocument; ops: OperationRecord[] } {
-  const batch = advanceOperations(doc, Object.keys(doc.ops), { nowMs: 1000, ...RUN, timeScale });
-  const ops = batch.advances.flatMap((a) => (a.kind === 'commit' ? [a.op] : []));
-  return { doc: batch.doc, ops };
+  const advance = advanceHost(doc, { nowMs: 1000, ...RUN, timeScale });
+  return { doc: advance.doc, ops: advance.ops };
 }
 
 /** The record of a reboot with `strategy` of a booted VM: finished, or running at 1000x. */
@@ -78,6 +77,7 @@ const step: fc.Arbitrary<JobStep> = fc.record(
     startedAtMs: fc.option(fc.integer({ min: 0, max: 2 ** 42 })),
     endsAtMs: fc.option(fc.double({ min: 0, max: 2 ** 42, noNaN: true })),
     waitedMs: fc.nat(),
+    waitedSeconds: fc.double({ min: 0, max: 1e4, noNaN: true }),
     errno: fc.constantFrom('ENOSPC' as const, 'ENOMEM' as const, 'EBUSY' as const),
     call: fc.constantFrom('KVM_CREATE_VM' as const, 'close' as const),
     message: fc.string(),
@@ -94,6 +94,7 @@ const step: fc.Arbitrary<JobStep> = fc.record(
       'startedAtMs',
       'endsAtMs',
       'waitedMs',
+      'waitedSeconds',
     ],
     noNullPrototype: true,
   },

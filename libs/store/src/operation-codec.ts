@@ -19,6 +19,7 @@ const STEP_FIELDS = [
   'startedAtMs',
   'endsAtMs',
   'waitedMs',
+  'waitedSeconds',
 ] as const satisfies ReadonlyArray<keyof JobStep>;
 const IN_ORDER: ReadonlySet<string> = new Set(STEP_FIELDS);
 
@@ -54,7 +55,7 @@ function stepJson(s: JobStep): string {
   return (
     `[${quote(s.name)},${quote(s.track)},${quote(s.state)},${numberJson(s.virtualSeconds)},` +
     `${numberJson(s.virtualStart)},${numberJson(s.wallMs)},${numberJson(s.startedAtMs)},` +
-    `${numberJson(s.endsAtMs)},${numberJson(s.waitedMs)}` +
+    `${numberJson(s.endsAtMs)},${numberJson(s.waitedMs)},${numberJson(s.waitedSeconds)}` +
     `${others === null ? '' : `,${JSON.stringify(others)}`}]`
   );
 }
@@ -99,5 +100,10 @@ export function decodeOperation(value: unknown): OperationRecord | null {
     return null;
   }
   record.plan ??= null;
+  // JSON has no Infinity: a track that waits with nothing known to change was written as null.
+  const tracks = record.tracks as Record<string, { readyAt: number | null }> | undefined;
+  if (tracks !== undefined && tracks !== null) {
+    for (const cursor of Object.values(tracks)) cursor.readyAt ??= Infinity;
+  }
   return record as unknown as OperationRecord;
 }

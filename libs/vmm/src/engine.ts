@@ -279,6 +279,7 @@ export function advanceInPlace(
       return { status: end > at ? { kind: 'due', at: end } : { kind: 'ended' }, events };
     }
     const cursor = run.tracks[current];
+    if (!Number.isFinite(cursor.readyAt)) return { status: { kind: 'stuck' }, events };
     if (cursor.readyAt > at) return { status: { kind: 'due', at: cursor.readyAt }, events };
     cursor.yielded = false;
     const stepIndex = trackSteps(run.plan, current)[cursor.next] as number;
