@@ -13,7 +13,10 @@ import {
   type Plan,
   type PlanStep,
   type PlannedCall,
+  REBOOT_STRATEGIES,
   type RebootStrategy,
+  type StrategyAction,
+  TERMINATE_STRATEGIES,
   type TerminateStrategy,
   type Track,
   ref,
@@ -82,6 +85,23 @@ export function kernelRefusal(intent: Intent, kernel: KernelFeatures): PlanRefus
     };
   }
   return null;
+}
+
+/** The strategies of `action` a host with `kernel` can run, in declaration order. */
+export function runnableStrategies(action: 'reboot', kernel: KernelFeatures): RebootStrategy[];
+export function runnableStrategies(
+  action: 'terminate',
+  kernel: KernelFeatures,
+): TerminateStrategy[];
+export function runnableStrategies(
+  action: StrategyAction,
+  kernel: KernelFeatures,
+): Array<RebootStrategy | TerminateStrategy> {
+  return action === 'reboot'
+    ? REBOOT_STRATEGIES.filter((strategy) => kernelRefusal({ action, strategy }, kernel) === null)
+    : TERMINATE_STRATEGIES.filter(
+        (strategy) => kernelRefusal({ action, strategy }, kernel) === null,
+      );
 }
 
 function describe(intent: Intent): string {
