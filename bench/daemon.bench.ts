@@ -21,7 +21,6 @@ import { Queue, Worker } from 'bullmq';
 import { CONFIG_DEFAULTS } from '#config';
 import {
   type HostDocument,
-  type Strategy,
   advanceOperation,
   createHostDocument,
   createVm,
@@ -36,13 +35,15 @@ import {
 } from '#queue';
 import { type RedisServerHandle, findFreePort, startRedisServer } from '#redis';
 import { FleetStore } from '#store';
+import { REBOOT_STRATEGIES } from '#vmm';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { spawnService, waitForStatus } from '../test/support/service-process.js';
 
 const GIB = 1024 ** 3;
 const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
-const STRATEGIES: Strategy[] = ['cold', 'terminate', 'reuse'];
+/** Every strategy runs on {@link KERNEL}: reboots take them in turn. */
+const STRATEGIES = REBOOT_STRATEGIES;
 /** The daemon's defaults, so both measurements run with the same concurrency as `npm start`. */
 const CONCURRENCY = Number(CONFIG_DEFAULTS.WORKER_CONCURRENCY);
 const HOST_CONCURRENCY = Number(CONFIG_DEFAULTS.HOST_CONCURRENCY);

@@ -5,7 +5,15 @@
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { createHost, makeHostConfig } from '#tdx-sim';
-import { type Intent, type PlanRun, handlesAfter, planFor, runPlan, shapeOfGiB } from '#vmm';
+import {
+  type Intent,
+  type PlanRun,
+  REBOOT_STRATEGIES,
+  handlesAfter,
+  planFor,
+  runPlan,
+  shapeOfGiB,
+} from '#vmm';
 
 const CASES = [
   { vcpus: 4, memoryGiB: 4 },
@@ -13,9 +21,7 @@ const CASES = [
 ];
 
 const LIFECYCLE: Intent[] = [
-  { action: 'reboot', strategy: 'cold' },
-  { action: 'reboot', strategy: 'terminate' },
-  { action: 'reboot', strategy: 'reuse' },
+  ...REBOOT_STRATEGIES.map((strategy): Intent => ({ action: 'reboot', strategy })),
   { action: 'terminate', strategy: 'terminate' },
 ];
 

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { findFreePort } from '#redis';
+import { REBOOT_STRATEGIES } from '#vmm';
 import { parse as parseYaml } from 'yaml';
 import { startTestRedis, type TestRedis } from './support/redis.js';
 import {
@@ -22,7 +23,8 @@ import {
 import { makeTempDir } from './support/temp-dir.js';
 
 const TOKEN = 'observability-token-7d1f';
-const STRATEGIES = ['cold', 'terminate', 'reuse'] as const;
+/** The strategies as sorted label values come back from a query. */
+const SORTED_STRATEGIES = [...REBOOT_STRATEGIES].sort();
 const START_MS = 20_000;
 const JOB_MS = 20_000;
 
@@ -244,7 +246,7 @@ async function rebootEveryStrategy(baseUrl: string, vmId: string, token?: string
 }
 
 async function rebootAgain(baseUrl: string, vmId: string, token?: string): Promise<void> {
-  for (const strategy of STRATEGIES) {
+  for (const strategy of REBOOT_STRATEGIES) {
     const { job } = (await call(
       baseUrl,
       'POST',
@@ -436,7 +438,7 @@ describe('observability', () => {
       for (const name of ['worker', 'fleetd']) {
         const scrape = scrapes.get(name);
         assert.ok(scrape);
-        for (const strategy of STRATEGIES) {
+        for (const strategy of REBOOT_STRATEGIES) {
           assert.equal(
             total(scrape, 'tdxfleet_reboot_downtime_seconds_count', { strategy }),
             1,
@@ -680,25 +682,24 @@ describe('observability', () => {
           'sum by (job, strategy) (tdxfleet_reboot_downtime_seconds_count)',
         );
         const seen = series.filter((s) => Number(s.value[1]) === 2);
-        return seen.length === 6 ? series : undefined;
+        return seen.length === REBOOT_STRATEGIES.length * 2 ? series : undefined;
       });
       const byJob = (job: string) =>
         downtime
           .filter((s) => s.metric['job'] === job)
           .map((s) => s.metric['strategy'])
           .sort();
-      assert.deepEqual(byJob('tdxfleet-worker'), ['cold', 'reuse', 'terminate']);
-      assert.deepEqual(byJob('tdxfleet-fleetd'), ['cold', 'reuse', 'terminate']);
-      assert.deepEqual(byJob('tdxfleet-api'), ['cold', 'reuse', 'terminate'], 'at zero');
+      assert.deepEqual(byJob('tdxfleet-worker'), SORTED_STRATEGIES);
+      assert.deepEqual(byJob('tdxfleet-fleetd'), SORTED_STRATEGIES);
+      assert.deepEqual(byJob('tdxfleet-api'), SORTED_STRATEGIES, 'at zero');
       const fleetWide = await promQuery(
         baseUrl,
         'sum by (strategy) (tdxfleet_reboot_downtime_seconds_count)',
       );
-      assert.deepEqual(fleetWide.map((s) => [s.metric['strategy'], s.value[1]]).sort(), [
-        ['cold', '4'],
-        ['reuse', '4'],
-        ['terminate', '4'],
-      ]);
+      assert.deepEqual(
+        fleetWide.map((s) => [s.metric['strategy'], s.value[1]]).sort(),
+        SORTED_STRATEGIES.map((strategy) => [strategy, '4']),
+      );
       // Every query of the dashboard is valid PromQL and has data.
       for (const { panel, expr } of await dashboardQueries()) {
         const series = await promQuery(baseUrl, expr.replaceAll('$__rate_interval', '1m'));
@@ -708,7 +709,7 @@ describe('observability', () => {
         baseUrl,
         'histogram_quantile(0.5, sum by (strategy, le) (rate(tdxfleet_reboot_downtime_seconds_bucket[1m])))',
       );
-      assert.deepEqual(p50.map((s) => s.metric['strategy']).sort(), ['cold', 'reuse', 'terminate']);
+      assert.deepEqual(p50.map((s) => s.metric['strategy']).sort(), SORTED_STRATEGIES);
       for (const s of p50) assert.ok(Number(s.value[1]) > 0, `p50 ${s.metric['strategy']}`);
     } finally {
       server.child.kill('SIGTERM');

@@ -14,6 +14,7 @@ import {
   createVm,
   submitOperation,
 } from '#fleet';
+import { runnableStrategies } from '#vmm';
 import { Redis } from 'ioredis';
 import {
   type FleetClient,
@@ -164,12 +165,7 @@ const STORM_HOSTS: HostSpec[] = [
 const STORM_VM_GIB = [2, 4, 6, 8];
 
 function stormStrategy(host: HostSpec, index: number): Strategy {
-  const allowed: Strategy[] =
-    host.kernel.terminateVm === 'none'
-      ? ['cold']
-      : host.kernel.linkGuestMemfd
-        ? ['cold', 'terminate', 'reuse']
-        : ['cold', 'terminate'];
+  const allowed: Strategy[] = runnableStrategies('reboot', host.kernel);
   return allowed[index % allowed.length] ?? 'cold';
 }
 

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { OperationRecord, Strategy } from '#fleet';
 import type { KernelFeatures } from '#tdx-sim';
+import { runnableStrategies } from '#vmm';
 import { Redis } from 'ioredis';
 import {
   type FleetClient,
@@ -41,12 +42,11 @@ const VM_SHAPES = [
 const REBOOT_ROUNDS = 3;
 
 function rebootStrategies(kernel: KernelFeatures): Strategy[] {
-  if (kernel.terminateVm === 'none') return ['cold'];
-  return kernel.linkGuestMemfd ? ['cold', 'terminate', 'reuse'] : ['cold', 'terminate'];
+  return runnableStrategies('reboot', kernel);
 }
 
 function terminateStrategies(kernel: KernelFeatures): Strategy[] {
-  return kernel.terminateVm === 'none' ? ['close'] : ['close', 'terminate'];
+  return runnableStrategies('terminate', kernel);
 }
 
 /** What must come out the same however many workers run the scenario, and however fast. */

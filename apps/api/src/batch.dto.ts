@@ -1,10 +1,14 @@
 import { type BatchView } from '#fleet';
+import {
+  ALL_STRATEGIES,
+  REBOOT_STRATEGIES,
+  STRATEGY_ACTIONS,
+  TERMINATE_STRATEGIES,
+  strategiesOf,
+} from '#vmm';
 import { z } from 'zod';
 import { idReferenceSchema } from './common.dto.js';
 import { type Documents, openApiSchema } from './openapi-schema.js';
-
-const REBOOT_STRATEGIES: readonly string[] = ['cold', 'terminate', 'reuse'];
-const TERMINATE_STRATEGIES: readonly string[] = ['close', 'terminate'];
 
 const idListSchema = z.array(idReferenceSchema).min(1).max(10000);
 
@@ -20,8 +24,8 @@ const selectorSchema = z
   )
   .describe('Exactly one of hostIds, vmIds or all');
 
-const actionSchema = z.enum(['reboot', 'terminate']);
-const strategySchema = z.enum(['cold', 'terminate', 'reuse', 'close']);
+const actionSchema = z.enum(STRATEGY_ACTIONS);
+const strategySchema = z.enum(ALL_STRATEGIES);
 
 /** `POST /v1/batches`. */
 export const createBatchSchema = z
@@ -29,7 +33,7 @@ export const createBatchSchema = z
     selector: selectorSchema,
     action: actionSchema,
     strategy: strategySchema.describe(
-      'A reboot strategy (cold, terminate, reuse) or a terminate one (close, terminate)',
+      `A reboot strategy (${REBOOT_STRATEGIES.join(', ')}) or a terminate one (${TERMINATE_STRATEGIES.join(', ')})`,
     ),
     maxConcurrency: z.number().int().min(1).max(10000).describe('Operations running at once'),
     ratePerSecond: z
@@ -40,7 +44,7 @@ export const createBatchSchema = z
       .describe('Submissions per second; absent for as fast as concurrency allows'),
   })
   .superRefine((batch, context) => {
-    const allowed = batch.action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+    const allowed = strategiesOf(batch.action);
     if (!allowed.includes(batch.strategy)) {
       context.addIssue({
         code: 'custom',

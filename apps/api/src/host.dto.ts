@@ -1,24 +1,45 @@
 import { type HostView } from '#fleet';
-import { GIB_BYTES, PAGE_BYTES } from '#tdx-sim';
+import {
+  COST_MODELS,
+  GIB_BYTES,
+  KERNEL_SWITCHES,
+  KERNEL_SWITCH_NAMES,
+  type KernelSwitchName,
+  type KernelSwitchValue,
+  MAINLINE_KERNEL,
+  PAGE_BYTES,
+  isFlagSwitch,
+} from '#tdx-sim';
 import { z } from 'zod';
 import { resourceIdSchema, timestampSchema } from './common.dto.js';
 import { type Documents, openApiSchema } from './openapi-schema.js';
 
-const terminateVmSchema = z
-  .enum(['none', 'v4', 'aug2025'])
-  .describe('KVM_TDX_TERMINATE_VM: none (mainline), the v4 series, or the August 2025 semantics');
-const linkGuestMemfdSchema = z
-  .boolean()
-  .describe('Whether KVM_LINK_GUEST_MEMFD exists (needed by the reuse reboot)');
-const privatePageSizeSchema = z.enum(['4K', '2M']).describe('Leaf size of private mappings');
-const costModelSchema = z.enum(['calibrated', 'mechanistic']);
+/** Each kernel switch's schema, from its declaration: its values and its description. */
+type KernelSwitchSchemas = { [K in KernelSwitchName]: z.ZodType<KernelSwitchValue<K>> };
+/** The same, each taking mainline's value when left out. */
+type DefaultedKernelSwitchSchemas = {
+  [K in KernelSwitchName]: z.ZodDefault<z.ZodType<KernelSwitchValue<K>>>;
+};
+
+function kernelSwitchSchema(name: KernelSwitchName): z.ZodType {
+  const { values, description } = KERNEL_SWITCHES[name];
+  const choices = (values as readonly (string | boolean)[]).filter((v) => typeof v === 'string');
+  return (isFlagSwitch(name) ? z.boolean() : z.enum(choices)).describe(description);
+}
+
+function kernelSwitchSchemas<T>(schema: (name: KernelSwitchName) => z.ZodType): T {
+  return Object.fromEntries(KERNEL_SWITCH_NAMES.map((name) => [name, schema(name)])) as T;
+}
+
+const kernelSwitches = kernelSwitchSchemas<KernelSwitchSchemas>(kernelSwitchSchema);
+const costModelSchema = z.enum(COST_MODELS);
 
 /** The kernel switches of a new host; each one left out is mainline's. */
-export const kernelSchema = z.strictObject({
-  terminateVm: terminateVmSchema.default('none'),
-  linkGuestMemfd: linkGuestMemfdSchema.default(false),
-  privatePageSize: privatePageSizeSchema.default('4K'),
-});
+export const kernelSchema = z.strictObject(
+  kernelSwitchSchemas<DefaultedKernelSwitchSchemas>((name) =>
+    (kernelSwitches[name] as z.ZodType).default(MAINLINE_KERNEL[name]),
+  ),
+);
 
 /** `POST /v1/hosts`. */
 export const createHostSchema = z.strictObject({
@@ -40,11 +61,7 @@ export const createHostSchema = z.strictObject({
     .nullable()
     .optional()
     .describe('The misc cgroup tdx limit; null or absent for none'),
-  kernel: kernelSchema.default({
-    terminateVm: 'none',
-    linkGuestMemfd: false,
-    privatePageSize: '4K',
-  }),
+  kernel: kernelSchema.default({ ...MAINLINE_KERNEL }),
   costModel: costModelSchema.optional().describe('Default: calibrated'),
 });
 export type CreateHostDto = z.output<typeof createHostSchema>;
@@ -59,11 +76,7 @@ export const hostViewSchema = z.strictObject({
     cpus: z.number().int(),
     hkidCgroupLimit: z.number().int().nullable(),
   }),
-  kernel: z.strictObject({
-    terminateVm: terminateVmSchema,
-    linkGuestMemfd: linkGuestMemfdSchema,
-    privatePageSize: privatePageSizeSchema,
-  }),
+  kernel: z.strictObject(kernelSwitches),
   costModel: costModelSchema,
   usage: z.strictObject({
     memory: z.strictObject({

@@ -1,5 +1,6 @@
 import { type JobView } from '#fleet';
 import { ERRNOS } from '#tdx-sim';
+import { ALL_STRATEGIES } from '#vmm';
 import { z } from 'zod';
 import { timestampSchema } from './common.dto.js';
 import { type Documents, openApiSchema } from './openapi-schema.js';
@@ -12,7 +13,7 @@ export const jobViewSchema = z.strictObject({
   vmId: z.string(),
   hostId: z.string(),
   action: z.enum(['boot', 'reboot', 'terminate']),
-  strategy: z.enum(['cold', 'terminate', 'reuse', 'close']).nullable(),
+  strategy: z.enum(ALL_STRATEGIES).nullable(),
   state: jobStateSchema,
   progress: z.strictObject({
     stepsDone: z.number().int(),

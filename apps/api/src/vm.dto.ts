@@ -1,5 +1,6 @@
 import { type JobView, VM_LIFECYCLES, type VmView } from '#fleet';
 import { GIB_BYTES } from '#tdx-sim';
+import { REBOOT_STRATEGIES, STRATEGIES, type StrategyAction, TERMINATE_STRATEGIES } from '#vmm';
 import { z } from 'zod';
 import { idReferenceSchema, resourceIdSchema, timestampSchema } from './common.dto.js';
 import { jobViewSchema } from './job.dto.js';
@@ -36,22 +37,25 @@ export const listVmsQuerySchema = z.strictObject({
   state: vmStateSchema.optional(),
 });
 
+/** `name: description; ...` for every strategy of `action`, as the declaration has them. */
+function strategiesDescribed(action: StrategyAction): string {
+  const declared: Record<string, { description: string }> = STRATEGIES[action];
+  return Object.entries(declared)
+    .map(([name, { description }]) => `${name}: ${description}`)
+    .join('; ');
+}
+
 /** `POST /v1/vms/{id}/reboot`. */
 export const rebootSchema = z.strictObject({
-  strategy: z
-    .enum(['cold', 'terminate', 'reuse'])
-    .describe(
-      'cold: close everything and boot anew (mainline); terminate: KVM_TDX_TERMINATE_VM first; ' +
-        'reuse: keep the guest_memfds and boot the new VM on them (needs KVM_LINK_GUEST_MEMFD)',
-    ),
+  strategy: z.enum(REBOOT_STRATEGIES).describe(strategiesDescribed('reboot')),
 });
+export type RebootDto = z.output<typeof rebootSchema>;
 
 /** `POST /v1/vms/{id}/terminate`. */
 export const terminateSchema = z.strictObject({
-  strategy: z
-    .enum(['close', 'terminate'])
-    .describe('close: close every fd (mainline); terminate: KVM_TDX_TERMINATE_VM first'),
+  strategy: z.enum(TERMINATE_STRATEGIES).describe(strategiesDescribed('terminate')),
 });
+export type TerminateDto = z.output<typeof terminateSchema>;
 
 export const vmViewSchema = z.strictObject({
   id: z.string(),

@@ -18,7 +18,9 @@ import {
   createVmSchema,
   listVmsQuerySchema,
   memoryBytesOf,
+  type RebootDto,
   rebootSchema,
+  type TerminateDto,
   terminateSchema,
   VM_SCHEMAS,
   vmStateSchema,
@@ -111,7 +113,7 @@ export class VmsController {
   @ApiErrors(400, 401, 404, BUSY_OR_KERNEL)
   async reboot(
     @Param('id') id: string,
-    @Body(new ZodValidationPipe(rebootSchema)) body: { strategy: 'cold' | 'terminate' | 'reuse' },
+    @Body(new ZodValidationPipe(rebootSchema)) body: RebootDto,
     @IdempotencyKey() idempotency: Idempotency | undefined,
     @Res({ passthrough: true }) reply: ReplyHeaders,
   ): Promise<{ job: JobView }> {
@@ -131,7 +133,7 @@ export class VmsController {
   @ApiErrors(400, 401, 404, BUSY_OR_KERNEL)
   async terminate(
     @Param('id') id: string,
-    @Body(new ZodValidationPipe(terminateSchema)) body: { strategy: 'close' | 'terminate' },
+    @Body(new ZodValidationPipe(terminateSchema)) body: TerminateDto,
     @IdempotencyKey() idempotency: Idempotency | undefined,
     @Res({ passthrough: true }) reply: ReplyHeaders,
   ): Promise<{ job: JobView }> {

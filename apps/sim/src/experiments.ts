@@ -8,6 +8,8 @@ import {
 } from '#tdx-sim';
 import {
   type Intent,
+  type RebootStrategy,
+  type TerminateStrategy,
   type PlanRefusal,
   type PlanRun,
   type VmShape,
@@ -127,7 +129,7 @@ export function simulateReclaim(
   const shape = shapeOfGiB(vcpus, memoryGiB);
   const host = hostFor(memoryGiB, { model, kernel: { terminateVm: 'v4' } });
   const boot = bootVm(host, shape);
-  const teardown = (strategy: 'close' | 'terminate'): number => {
+  const teardown = (strategy: TerminateStrategy): number => {
     const run = runIntent(boot.state, { action: 'terminate', strategy }, shape, boot);
     if (!run.ok) throw new Error(`teardown ${strategy} failed: ${run.failure?.message ?? ''}`);
     return run.summary.reclaimSeconds;
@@ -161,7 +163,7 @@ export function reclaimTable(model: CostModelName): {
 
 /** Options of `sim reboot`. */
 export interface RebootExperiment extends HostOptions {
-  strategy: 'cold' | 'terminate' | 'reuse';
+  strategy: RebootStrategy;
   vcpus: number;
   memoryGiB: number;
   /** Other VMs booted first, each holding an HKID (to try a host at full HKID capacity). */

@@ -1,4 +1,4 @@
-import type { CostModelName, KernelFeatures } from '#tdx-sim';
+import { type CostModelName, type KernelFeatures, kernelSwitchesText } from '#tdx-sim';
 import type { PlanSummary, TimelineEntry } from '#vmm';
 import type { ExecReport } from './exec-script.js';
 import { type ReclaimResult, type ReclaimTableRow, formatGiB } from './experiments.js';
@@ -71,7 +71,7 @@ function seconds(value: number): string {
 export function formatReboot(report: RebootReport): string {
   const k = report.kernel;
   const lines = [
-    `reboot ${report.strategy}: ${report.vcpus} vCPUs, ${report.memoryGiB} GiB; kernel terminateVm=${k.terminateVm} linkGuestMemfd=${String(k.linkGuestMemfd)} privatePageSize=${k.privatePageSize}`,
+    `reboot ${report.strategy}: ${report.vcpus} vCPUs, ${report.memoryGiB} GiB; kernel ${kernelSwitchesText(k)}`,
     '',
     `${'step'.padEnd(22)} ${'track'.padEnd(8)} ${pad('start s', 10)} ${pad('end s', 10)} ${pad('cost s', 10)} ${pad('waited s', 10)}  note`,
   ];
@@ -114,7 +114,7 @@ function describeCall(call: object): string {
 export function formatExec(report: ExecReport): string {
   const h = report.host;
   const lines = [
-    `host: ${h.packages} packages, ${h.cpus} CPUs, ${formatGiB(h.memoryBytes)}, ${h.hkids} HKIDs; terminateVm=${h.kernel.terminateVm} linkGuestMemfd=${String(h.kernel.linkGuestMemfd)} privatePageSize=${h.kernel.privatePageSize}; model ${h.costModel}`,
+    `host: ${h.packages} packages, ${h.cpus} CPUs, ${formatGiB(h.memoryBytes)}, ${h.hkids} HKIDs; ${kernelSwitchesText(h.kernel)}; model ${h.costModel}`,
     '',
   ];
   for (const r of report.results) {

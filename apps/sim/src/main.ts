@@ -3,7 +3,14 @@
 // chosen kernel cannot run (or a failed script expectation), 2 bad arguments or input.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { CostModelName, TerminateVmSemantics } from '#tdx-sim';
+import {
+  COST_MODELS,
+  KERNEL_SWITCHES,
+  KERNEL_SWITCH_NAMES,
+  type KernelFeatures,
+  type KernelSwitchName,
+  isFlagSwitch,
+} from '#tdx-sim';
 import { type PlanRun, REBOOT_STRATEGIES, type RebootStrategy } from '#vmm';
 import { ScriptError, parseScript, runScript } from './exec-script.js';
 import {
@@ -16,16 +23,29 @@ import {
 } from './experiments.js';
 import { formatExec, formatReboot, formatReclaim, formatReclaimTable } from './format.js';
 
+/** The option of a kernel switch: its name in kebab case (`terminateVm`: `terminate-vm`). */
+function switchOption(name: KernelSwitchName): string {
+  return name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
+}
+
+/** A kernel switch's option as usage shows it: a flag alone, a choice with its values. */
+function switchUsage(name: KernelSwitchName): string {
+  const values = KERNEL_SWITCHES[name].values.map(String).join('|');
+  return isFlagSwitch(name) ? `[--${switchOption(name)}]` : `[--${switchOption(name)} ${values}]`;
+}
+
+const MODEL_VALUES = COST_MODELS.join('|');
+
 const USAGE = `usage: sim <command> [options]
 
 commands:
-  reclaim-table [--model calibrated|mechanistic] [--json]
+  reclaim-table [--model ${MODEL_VALUES}] [--json]
       the seed's reclaim table beside the simulation of each row
-  reclaim --vcpus N --memory-gib G [--model calibrated|mechanistic] [--json]
+  reclaim --vcpus N --memory-gib G [--model ${MODEL_VALUES}] [--json]
       reclaim seconds of one VM size, mainline path and terminate path
-  reboot --strategy cold|terminate|reuse --vcpus N --memory-gib G
-         [--terminate-vm none|v4|aug2025] [--link-guest-memfd] [--private-page-size 4K|2M]
-         [--model calibrated|mechanistic] [--host-memory-gib G] [--hkids N] [--other-vms N] [--json]
+  reboot --strategy ${REBOOT_STRATEGIES.join('|')} --vcpus N --memory-gib G
+         ${KERNEL_SWITCH_NAMES.map(switchUsage).join(' ')}
+         [--model ${MODEL_VALUES}] [--host-memory-gib G] [--hkids N] [--other-vms N] [--json]
       boot a VM, reboot it, print the step timeline and summary
   exec FILE [--json]
       run a scripted sequence of calls against one simulated host (see README)`;
@@ -105,8 +125,36 @@ function gib(value: string | undefined, name: string): number {
   return n;
 }
 
-const MODELS: readonly CostModelName[] = ['calibrated', 'mechanistic'];
-const TERMINATE_VM: readonly TerminateVmSemantics[] = ['none', 'v4', 'aug2025'];
+const MODELS = COST_MODELS;
+const DEFAULT_MODEL = COST_MODELS[0];
+
+/** An option for each kernel switch: a flag (boolean switches) or a choice of its values. */
+const KERNEL_OPTIONS: OptionSpec = Object.fromEntries(
+  KERNEL_SWITCH_NAMES.map((name) => [
+    switchOption(name),
+    { type: isFlagSwitch(name) ? 'boolean' : 'string' },
+  ]),
+);
+
+/** The kernel the options ask for: each switch left out is mainline's. */
+function kernelOf(values: Readonly<Record<string, string | boolean | undefined>>): KernelFeatures {
+  const kernel: Record<string, string | boolean> = {};
+  for (const name of KERNEL_SWITCH_NAMES) {
+    const option = switchOption(name);
+    const { values: allowed, mainline } = KERNEL_SWITCHES[name];
+    const value = values[option];
+    kernel[name] =
+      typeof mainline === 'boolean'
+        ? value === true
+        : oneOf(
+            typeof value === 'string' ? value : undefined,
+            (allowed as readonly (string | boolean)[]).map(String),
+            option,
+            mainline,
+          );
+  }
+  return kernel as KernelFeatures;
+}
 
 function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`);
@@ -114,7 +162,7 @@ function print(json: boolean, value: unknown, text: () => string): void {
 
 function reclaimTableCommand(args: string[]): number {
   const { values } = parse(args, { model: { type: 'string' }, json: { type: 'boolean' } });
-  const model = oneOf(values.model, MODELS, 'model', 'calibrated');
+  const model = oneOf(values.model, MODELS, 'model', DEFAULT_MODEL);
   const table = reclaimTable(model);
   print(values.json === true, table, () => formatReclaimTable(table));
   return 0;
@@ -129,7 +177,7 @@ function reclaimCommand(args: string[]): number {
   });
   const vcpus = positiveInteger(values.vcpus, 'vcpus');
   const memoryGiB = gib(values['memory-gib'], 'memory-gib');
-  const model = oneOf(values.model, MODELS, 'model', 'calibrated');
+  const model = oneOf(values.model, MODELS, 'model', DEFAULT_MODEL);
   if (outsideCalibratedRange(vcpus, memoryGiB)) {
     process.stderr.write(
       `warning: ${vcpus} vCPUs / ${memoryGiB} GiB is outside the seed's table (4-64 vCPUs, 18-400 GiB); the model extrapolates\n`,
@@ -145,9 +193,7 @@ function rebootCommand(args: string[]): number {
     strategy: { type: 'string' },
     vcpus: { type: 'string' },
     'memory-gib': { type: 'string' },
-    'terminate-vm': { type: 'string' },
-    'link-guest-memfd': { type: 'boolean' },
-    'private-page-size': { type: 'string' },
+    ...KERNEL_OPTIONS,
     model: { type: 'string' },
     'host-memory-gib': { type: 'string' },
     hkids: { type: 'string' },
@@ -155,20 +201,11 @@ function rebootCommand(args: string[]): number {
     json: { type: 'boolean' },
   });
   if (values.strategy === undefined)
-    throw new UsageError('--strategy is required (cold, terminate, reuse)');
+    throw new UsageError(`--strategy is required (${REBOOT_STRATEGIES.join(', ')})`);
   const strategy: RebootStrategy = oneOf(values.strategy, REBOOT_STRATEGIES, 'strategy', 'cold');
   const vcpus = positiveInteger(values.vcpus, 'vcpus');
   const memoryGiB = gib(values['memory-gib'], 'memory-gib');
-  const kernel = {
-    terminateVm: oneOf(values['terminate-vm'], TERMINATE_VM, 'terminate-vm', 'none'),
-    linkGuestMemfd: values['link-guest-memfd'] === true,
-    privatePageSize: oneOf(
-      values['private-page-size'],
-      ['4K', '2M'] as const,
-      'private-page-size',
-      '4K',
-    ),
-  };
+  const kernel = kernelOf(values);
   const hkids = optionalCount(values.hkids, 'hkids');
   if (hkids === 0) throw new UsageError('--hkids must be at least 1');
   const otherVms = optionalCount(values['other-vms'], 'other-vms') ?? 0;
@@ -182,7 +219,7 @@ function rebootCommand(args: string[]): number {
     vcpus,
     memoryGiB,
     kernel,
-    model: oneOf(values.model, MODELS, 'model', 'calibrated'),
+    model: oneOf(values.model, MODELS, 'model', DEFAULT_MODEL),
     otherVms,
     ...(hkids === undefined ? {} : { hkids }),
     ...(values['host-memory-gib'] === undefined

@@ -5,6 +5,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import {
+  ALL_KERNELS,
+  COST_MODELS,
+  KERNEL_SWITCHES,
+  KERNEL_SWITCH_NAMES,
+  type KernelFeatures,
+  isFlagSwitch,
+  kernelLabel,
+  kernelSwitchesText,
+} from '#tdx-sim';
+import { REBOOT_STRATEGIES } from '#vmm';
 
 const main = fileURLToPath(new URL('./main.js', import.meta.url));
 const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -210,4 +221,63 @@ describe('sim exec', () => {
 
     assert.equal(sim('exec', join(dir, 'missing.json')).status, 2);
   });
+});
+
+describe('sim: options derive from the declared kernel switches and strategies', () => {
+  /** The option of a switch: its name in kebab case. */
+  const option = (name: string): string =>
+    `--${name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}`;
+
+  /** The options that ask for `kernel`: a flag when set, a choice unless mainline's. */
+  const kernelArgs = (kernel: KernelFeatures): string[] =>
+    KERNEL_SWITCH_NAMES.flatMap((name) => {
+      const value = kernel[name];
+      if (typeof value === 'boolean') return value ? [option(name)] : [];
+      return [option(name), value];
+    });
+
+  it('--help lists every strategy, kernel switch value and cost model', () => {
+    const { status, stdout } = sim('--help');
+    assert.equal(status, 0);
+    assert.ok(stdout.includes(`--strategy ${REBOOT_STRATEGIES.join('|')}`), stdout);
+    for (const name of KERNEL_SWITCH_NAMES) {
+      const values = KERNEL_SWITCHES[name].values.map(String).join('|');
+      const usage = isFlagSwitch(name) ? `[${option(name)}]` : `[${option(name)} ${values}]`;
+      assert.ok(stdout.includes(usage), `${usage} in ${stdout}`);
+    }
+    assert.ok(stdout.includes(`--model ${COST_MODELS.join('|')}`), stdout);
+  });
+
+  for (const kernel of ALL_KERNELS) {
+    it(`reboot runs on every declared kernel (${kernelLabel(kernel)})`, () => {
+      const args = ['reboot', '--strategy', 'cold', '--vcpus', '2', '--memory-gib', '2'];
+      const json = sim(...args, ...kernelArgs(kernel), '--json');
+      assert.equal(json.status, 0, json.stderr);
+      assert.deepEqual((JSON.parse(json.stdout) as { kernel: unknown }).kernel, kernel);
+      const text = sim(...args, ...kernelArgs(kernel));
+      assert.ok(text.stdout.includes(`kernel ${kernelSwitchesText(kernel)}\n`), text.stdout);
+    });
+  }
+
+  for (const strategy of REBOOT_STRATEGIES) {
+    it(`reboot takes strategy ${strategy}: a plan, or a refusal naming the kernel`, () => {
+      const { status, stderr } = sim(
+        'reboot',
+        ...['--strategy', strategy, '--vcpus', '2', '--memory-gib', '2'],
+      );
+      assert.ok(status === 0 || (status === 1 && stderr.startsWith('refused: ')), stderr);
+    });
+  }
+
+  for (const name of KERNEL_SWITCH_NAMES.filter((n) => !isFlagSwitch(n))) {
+    it(`${option(name)} refuses a value not declared, listing the declared ones`, () => {
+      const { status, stderr } = sim(
+        ...['reboot', '--strategy', 'cold', '--vcpus', '2', '--memory-gib', '2'],
+        ...[option(name), 'not-a-value'],
+      );
+      assert.equal(status, 2);
+      const values = KERNEL_SWITCHES[name].values.join(', ');
+      assert.equal(stderr, `sim: ${option(name)} must be one of ${values}, got "not-a-value"\n`);
+    });
+  }
 });

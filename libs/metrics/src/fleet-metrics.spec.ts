@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { type HostDocument, submitOperation } from '#fleet';
+import { REBOOT_STRATEGIES, STRATEGY_ACTIONS, strategiesOf } from '#vmm';
 import {
   AUG_LINK_2M,
   GIB_BYTES,
@@ -139,6 +140,36 @@ describe('FleetMetrics', () => {
     );
   });
 
+  it('has a series at zero for every declared action and strategy, and no other', async () => {
+    const all = await families(
+      new FleetMetrics(
+        sources(() => []),
+        { hostLabel: false },
+      ),
+    );
+    const kinds = [
+      'boot none',
+      ...STRATEGY_ACTIONS.flatMap((action) => strategiesOf(action).map((s) => `${action} ${s}`)),
+    ];
+    const operations = family(all, 'tdxfleet_operations_total').values;
+    for (const outcome of ['succeeded', 'failed', 'cancelled']) {
+      const seen = operations
+        .filter((v) => v.labels['outcome'] === outcome)
+        .map((v) => `${String(v.labels['action'])} ${String(v.labels['strategy'])}`);
+      assert.deepEqual(seen, kinds, outcome);
+    }
+    const downtime = family(all, 'tdxfleet_reboot_downtime_seconds').values.filter(
+      (v) => v.metricName === 'tdxfleet_reboot_downtime_seconds_count',
+    );
+    assert.deepEqual(
+      downtime.map((v) => v.labels['strategy']),
+      [...REBOOT_STRATEGIES],
+    );
+    for (const strategy of REBOOT_STRATEGIES) {
+      assert.equal(count(all, 'tdxfleet_reboot_downtime_seconds', { strategy }), 0, strategy);
+    }
+  });
+
   it('follows the naming rules: one prefix, _total only on counters, base units', async () => {
     const all = await families(
       new FleetMetrics(
@@ -232,7 +263,7 @@ describe('FleetMetrics', () => {
     const downtime: Record<string, number> = {};
     let reused = 0;
     let allocated = 0;
-    for (const strategy of ['cold', 'terminate', 'reuse'] as const) {
+    for (const strategy of REBOOT_STRATEGIES) {
       const opId = `reboot-${strategy}`;
       doc = submitOperation(doc, { opId, vmId: 'vm1', action: 'reboot', strategy, nowMs }).doc;
       const driven = drive(doc, opId, nowMs);
@@ -255,7 +286,7 @@ describe('FleetMetrics', () => {
     metrics.jobStalled('batches');
 
     const all = await families(metrics);
-    for (const strategy of ['cold', 'terminate', 'reuse']) {
+    for (const strategy of REBOOT_STRATEGIES) {
       const labels = { action: 'reboot', strategy, outcome: 'succeeded' };
       assert.equal(sample(all, 'tdxfleet_operations_total', labels), 1, strategy);
       assert.equal(count(all, 'tdxfleet_reboot_downtime_seconds', { strategy }), 1, strategy);

@@ -6,7 +6,7 @@ import {
   settleDue,
 } from '#fleet';
 import { type Errno, type SimOp, hkidUsage, memoryUsageBytes } from '#tdx-sim';
-import { STEP_NAMES } from '#vmm';
+import { REBOOT_STRATEGIES, STEP_NAMES, STRATEGY_ACTIONS, strategiesOf } from '#vmm';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Where the scrape-time gauges read the fleet and the queues from. */
@@ -33,15 +33,13 @@ const MEMORY_USES = [
   'control',
   'in_flight',
 ] as const;
-const STRATEGIES = ['cold', 'terminate', 'reuse'] as const;
-const OPERATION_KINDS = [
+/** Every action and strategy of an operation: a boot (strategy `none`), then each declared one. */
+const OPERATION_KINDS: ReadonlyArray<{ action: string; strategy: string }> = [
   { action: 'boot', strategy: 'none' },
-  { action: 'reboot', strategy: 'cold' },
-  { action: 'reboot', strategy: 'terminate' },
-  { action: 'reboot', strategy: 'reuse' },
-  { action: 'terminate', strategy: 'close' },
-  { action: 'terminate', strategy: 'terminate' },
-] as const;
+  ...STRATEGY_ACTIONS.flatMap((action) =>
+    strategiesOf(action).map((strategy) => ({ action, strategy })),
+  ),
+];
 const OUTCOMES = ['succeeded', 'failed', 'cancelled'] as const;
 /** The errnos operations wait on: present (at zero) from the first scrape. */
 const WAIT_ERRNOS: ReadonlyArray<[SimOp, Errno]> = [
@@ -319,7 +317,7 @@ export class FleetMetrics {
       for (const outcome of OUTCOMES) this.operations.inc({ ...kind, outcome }, 0);
     }
     for (const path of ['dynamic_removal', 'teardown']) this.reclaimDuration.zero({ path });
-    for (const strategy of STRATEGIES) this.rebootDowntime.zero({ strategy });
+    for (const strategy of REBOOT_STRATEGIES) this.rebootDowntime.zero({ strategy });
     for (const step of STEP_NAMES) this.stepDuration.zero({ step });
     for (const queue of ['operations', 'batches']) {
       this.queueWait.zero({ queue });

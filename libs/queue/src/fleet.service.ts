@@ -29,7 +29,7 @@ import {
   vmView,
 } from '#fleet';
 import type { FleetStore } from '#store';
-import { REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
+import { strategiesOf } from '#vmm';
 import type { FleetQueues } from './queues.js';
 
 /** How many times (100 ms apart) a replayed key waits for its first request's job. */
@@ -202,8 +202,7 @@ export class FleetService {
     idempotency?: Idempotency,
     batchId?: string,
   ): Promise<{ job: JobView; replayed: boolean }> {
-    const allowed: readonly string[] =
-      action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+    const allowed = strategiesOf(action);
     if (!allowed.includes(strategy)) {
       throw new InvalidRequestError(`strategy of a ${action} must be one of ${allowed.join(', ')}`);
     }
@@ -261,8 +260,7 @@ export class FleetService {
 
   /** Starts a batch: picks its VMs now, then a worker submits and follows their operations. */
   async createBatch(spec: BatchSpec): Promise<BatchView> {
-    const allowed: readonly string[] =
-      spec.action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+    const allowed = strategiesOf(spec.action);
     if (!allowed.includes(spec.strategy)) {
       throw new InvalidRequestError(
         `strategy of a ${spec.action} must be one of ${allowed.join(', ')}`,

@@ -14,6 +14,12 @@ import {
   createVm,
   submitOperation,
 } from '#fleet';
+import {
+  REBOOT_STRATEGIES,
+  type RebootStrategy,
+  TERMINATE_STRATEGIES,
+  type TerminateStrategy,
+} from '#vmm';
 import { Redis } from 'ioredis';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
 import {
@@ -36,8 +42,8 @@ function newHost(id: string): HostDocument {
 /** One change a process makes to a host: what the API and the workers do. */
 type Change =
   | { kind: 'create'; vcpus: number }
-  | { kind: 'reboot'; vm: number; strategy: 'cold' | 'terminate' | 'reuse' }
-  | { kind: 'terminate'; vm: number; strategy: 'close' | 'terminate' }
+  | { kind: 'reboot'; vm: number; strategy: RebootStrategy }
+  | { kind: 'terminate'; vm: number; strategy: TerminateStrategy }
   | { kind: 'advance'; ops: number; timeScale: number };
 
 const change: fc.Arbitrary<Change> = fc.oneof(
@@ -45,13 +51,13 @@ const change: fc.Arbitrary<Change> = fc.oneof(
   fc.record({
     kind: fc.constant('reboot' as const),
     vm: fc.nat(),
-    strategy: fc.constantFrom('cold' as const, 'terminate' as const, 'reuse' as const),
+    strategy: fc.constantFrom(...REBOOT_STRATEGIES),
   }),
   // A terminated VM leaves the document when it is committed.
   fc.record({
     kind: fc.constant('terminate' as const),
     vm: fc.nat(),
-    strategy: fc.constantFrom('close' as const, 'terminate' as const),
+    strategy: fc.constantFrom(...TERMINATE_STRATEGIES),
   }),
   // At 1000x an operation runs over several advances: its record (and plan) stays in the document.
   fc.record({

@@ -10,6 +10,7 @@ import {
   createVm,
   submitOperation,
 } from '#fleet';
+import { REBOOT_STRATEGIES, type RebootStrategy } from '#vmm';
 import { decodeOperation, encodeOperation } from './operation-codec.js';
 
 const GIB = 1024 ** 3;
@@ -26,7 +27,7 @@ function advanceAll(
 }
 
 /** The record of a reboot with `strategy` of a booted VM: finished, or running at 1000x. */
-function reboot(strategy: 'cold' | 'terminate' | 'reuse', timeScale = 0): OperationRecord {
+function reboot(strategy: RebootStrategy, timeScale = 0): OperationRecord {
   let doc = createHostDocument(
     { id: 'h', memoryGiB: 32, hkids: 8, packages: 2, cpus: 16, kernel: KERNEL },
     1000,
@@ -51,7 +52,7 @@ function reboot(strategy: 'cold' | 'terminate' | 'reuse', timeScale = 0): Operat
   return op;
 }
 
-function finishedReboot(strategy: 'cold' | 'terminate' | 'reuse'): OperationRecord {
+function finishedReboot(strategy: RebootStrategy): OperationRecord {
   const op = reboot(strategy);
   assert.equal(op.state, 'succeeded');
   return op;
@@ -112,7 +113,7 @@ describe('stored operation records', () => {
   });
 
   it('a finished reboot reads back equal, in less than 60% of the plain JSON', () => {
-    for (const strategy of ['cold', 'terminate', 'reuse'] as const) {
+    for (const strategy of REBOOT_STRATEGIES) {
       const op = finishedReboot(strategy);
       assert.equal(op.plan, null);
       assert.deepEqual(roundTrip(op), op);

@@ -1,22 +1,11 @@
 import { type CostParams, DEFAULT_COST_PARAMS } from './cost-model.js';
+import { type KernelFeatures, MAINLINE_KERNEL, kernelProblem } from './kernel-switches.js';
 import { gibToBytes } from './units.js';
 
-/** How `KVM_TDX_TERMINATE_VM` behaves, if the kernel has it (domain section 7). */
-export type TerminateVmSemantics = 'none' | 'v4' | 'aug2025';
-/** Leaf size for private mappings. */
-export type PrivatePageSize = '4K' | '2M';
-/** Which form of the Dynamic Page Removal cost the host uses (domain section 5). */
-export type CostModelName = 'calibrated' | 'mechanistic';
-
-/** The kernel a simulated host runs. */
-export interface KernelFeatures {
-  /** `none` is mainline: the sub-ioctl does not exist. */
-  terminateVm: TerminateVmSemantics;
-  /** Whether `KVM_LINK_GUEST_MEMFD` (RFC) exists. */
-  linkGuestMemfd: boolean;
-  /** `4K` is mainline; `2M` is the huge-page RFC. */
-  privatePageSize: PrivatePageSize;
-}
+/** The forms of the Dynamic Page Removal cost (domain section 5); the first is the default. */
+export const COST_MODELS = ['calibrated', 'mechanistic'] as const;
+/** Which form of the Dynamic Page Removal cost the host uses: one of {@link COST_MODELS}. */
+export type CostModelName = (typeof COST_MODELS)[number];
 
 /** Everything that describes one simulated host. Plain data. */
 export interface HostConfig {
@@ -33,30 +22,6 @@ export interface HostConfig {
   kernel: KernelFeatures;
   costModel: CostModelName;
   costParams: CostParams;
-}
-
-/** The mainline kernel: no terminate, no link, 4 KiB private pages. */
-export const MAINLINE_KERNEL: KernelFeatures = {
-  terminateVm: 'none',
-  linkGuestMemfd: false,
-  privatePageSize: '4K',
-};
-
-/** Every combination of the three kernel switches (3 x 2 x 2 = 12). */
-export const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap(
-  (terminateVm) =>
-    [false, true].flatMap((linkGuestMemfd) =>
-      (['4K', '2M'] as const).map((privatePageSize) => ({
-        terminateVm,
-        linkGuestMemfd,
-        privatePageSize,
-      })),
-    ),
-);
-
-/** A short label of a kernel, e.g. `terminate=v4 link=on 2M`. */
-export function kernelLabel(kernel: KernelFeatures): string {
-  return `terminate=${kernel.terminateVm} link=${kernel.linkGuestMemfd ? 'on' : 'off'} ${kernel.privatePageSize}`;
 }
 
 /** Options accepted by {@link makeHostConfig}; anything left out takes its default. */
@@ -93,7 +58,7 @@ export function makeHostConfig(input: HostConfigInput = {}): HostConfig {
     hkids: input.hkids ?? 63,
     hkidCgroupLimit: input.hkidCgroupLimit ?? null,
     kernel: { ...MAINLINE_KERNEL, ...input.kernel },
-    costModel: input.costModel ?? 'calibrated',
+    costModel: input.costModel ?? COST_MODELS[0],
     costParams: { ...DEFAULT_COST_PARAMS, ...input.costParams },
   };
   validateHostConfig(config);
@@ -126,24 +91,10 @@ export function validateHostConfig(config: HostConfig): void {
       throw new InvalidHostConfigError('hkidCgroupLimit must be a non-negative integer or null');
     }
   }
-  for (const key of Object.keys(config.kernel)) {
-    if (!(key in MAINLINE_KERNEL)) {
-      throw new InvalidHostConfigError(
-        `kernel.${key} is not a kernel switch (terminateVm, linkGuestMemfd, privatePageSize)`,
-      );
-    }
-  }
-  if (!['none', 'v4', 'aug2025'].includes(config.kernel.terminateVm)) {
-    throw new InvalidHostConfigError('kernel.terminateVm must be none, v4 or aug2025');
-  }
-  if (typeof config.kernel.linkGuestMemfd !== 'boolean') {
-    throw new InvalidHostConfigError('kernel.linkGuestMemfd must be a boolean');
-  }
-  if (!['4K', '2M'].includes(config.kernel.privatePageSize)) {
-    throw new InvalidHostConfigError('kernel.privatePageSize must be 4K or 2M');
-  }
-  if (!['calibrated', 'mechanistic'].includes(config.costModel)) {
-    throw new InvalidHostConfigError('costModel must be calibrated or mechanistic');
+  const kernelError = kernelProblem(config.kernel);
+  if (kernelError !== null) throw new InvalidHostConfigError(kernelError);
+  if (!(COST_MODELS as readonly string[]).includes(config.costModel)) {
+    throw new InvalidHostConfigError(`costModel must be ${COST_MODELS.join(' or ')}`);
   }
   for (const [name, value] of Object.entries(config.costParams)) {
     if (!(name in DEFAULT_COST_PARAMS)) {

@@ -1,4 +1,5 @@
-import type { CostModelName, PrivatePageSize } from './config.js';
+import type { CostModelName } from './config.js';
+import type { PrivatePageSize } from './kernel-switches.js';
 import { PAGES_PER_2M, PAGES_PER_GIB } from './units.js';
 
 /**

@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { CallSuccess, SimCall } from './calls.js';
-import type { HostConfigInput, KernelFeatures } from './config.js';
+import type { HostConfigInput } from './config.js';
+import type { KernelFeatures } from './kernel-switches.js';
 import type { Errno } from './errno.js';
 import { applyCall, settleRelease } from './host.js';
 import { countPages } from './ranges.js';

@@ -8,6 +8,7 @@ export * from './config.js';
 export * from './cost-model.js';
 export * from './errno.js';
 export * from './host.js';
+export * from './kernel-switches.js';
 export * from './ranges.js';
 export * from './simulator.js';
 export * from './state.js';

@@ -6,7 +6,8 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { checkInvariants, hkidUsage, memoryUsage } from './accounting.js';
 import type { CallOutcome, CallSuccess, SimCall } from './calls.js';
-import { type HostConfigInput, type KernelFeatures, makeHostConfig } from './config.js';
+import { type HostConfigInput, makeHostConfig } from './config.js';
+import { ALL_KERNELS, type KernelFeatures } from './kernel-switches.js';
 import {
   type ApplyResult,
   type BatchResult,
@@ -145,11 +146,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 1, arbitrary: fc.constant<Step>({ kind: 'settleAll' }) },
 );
 
-const kernelArb: fc.Arbitrary<KernelFeatures> = fc.record({
-  terminateVm: fc.constantFrom('none', 'v4', 'aug2025'),
-  linkGuestMemfd: fc.boolean(),
-  privatePageSize: fc.constantFrom('4K', '2M'),
-});
+const kernelArb: fc.Arbitrary<KernelFeatures> = fc.constantFrom(...ALL_KERNELS);
 
 const hostArb: fc.Arbitrary<HostConfigInput> = fc.record({
   kernel: kernelArb,

@@ -26,13 +26,17 @@ import {
   makeHostConfig,
   memoryUsage,
   settleAll,
+  ALL_KERNELS,
+  kernelLabel,
 } from '#tdx-sim';
 import {
   type Intent,
   type Plan,
   type PlanRun,
+  REBOOT_STRATEGIES,
   type RebootStrategy,
   type StepName,
+  TERMINATE_STRATEGIES,
   type TimelineEntry,
   type TerminateStrategy,
   type VmHandles,
@@ -56,14 +60,6 @@ function kernel(
 ): KernelFeatures {
   return { terminateVm, linkGuestMemfd, privatePageSize };
 }
-
-function label(k: KernelFeatures): string {
-  return `terminateVm=${k.terminateVm} link=${k.linkGuestMemfd ? 'on' : 'off'} ${k.privatePageSize}`;
-}
-
-const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap((t) =>
-  [false, true].flatMap((link) => (['4K', '2M'] as const).map((size) => kernel(t, link, size))),
-);
 
 /** A host with room for a few VMs of {@link SHAPE}: 16 GiB, 8 HKIDs, 2 packages, 32 CPUs. */
 function newHost(k: KernelFeatures, input: HostConfigInput = {}): HostState {
@@ -165,7 +161,7 @@ const TERMINATE_ALLOWED: Record<TerminateStrategy, (k: KernelFeatures) => boolea
 
 describe('boot', () => {
   for (const k of ALL_KERNELS) {
-    it(`on ${label(k)}: the VM runs with fresh memory`, () => {
+    it(`on ${kernelLabel(k)}: the VM runs with fresh memory`, () => {
       const host = newHost(k);
       const vm = boot(host);
       assertRunning(vm.state, vm.handles, SHAPE);
@@ -182,9 +178,9 @@ describe('boot', () => {
 });
 
 describe('reboot, every strategy on every kernel that allows it', () => {
-  for (const strategy of ['cold', 'terminate', 'reuse'] as const) {
+  for (const strategy of REBOOT_STRATEGIES) {
     for (const k of ALL_KERNELS.filter(REBOOT_ALLOWED[strategy])) {
-      it(`${strategy} on ${label(k)}`, () => {
+      it(`${strategy} on ${kernelLabel(k)}`, () => {
         const vm = boot(newHost(k));
         const oldInodes = inodesOf(vm.state, vm.handles);
         const oldVmId = vmIdOf(vm.state, vm.handles);
@@ -242,9 +238,9 @@ describe('reboot, every strategy on every kernel that allows it', () => {
 });
 
 describe('terminate, every strategy on every kernel that allows it', () => {
-  for (const strategy of ['close', 'terminate'] as const) {
+  for (const strategy of TERMINATE_STRATEGIES) {
     for (const k of ALL_KERNELS.filter(TERMINATE_ALLOWED[strategy])) {
-      it(`${strategy} on ${label(k)}: the VM is gone and the host has everything back`, () => {
+      it(`${strategy} on ${kernelLabel(k)}: the VM is gone and the host has everything back`, () => {
         const host = newHost(k);
         const vm = boot(host);
         const metadata = metadataPages(vm.state, vm.handles);
@@ -314,7 +310,7 @@ function stepThrough(initial: HostState, p: Plan): { state: HostState; trace: Tr
 
 describe("the seed's reuse scenario never returns the guest memory to the host", () => {
   for (const k of [kernel('v4', true), kernel('aug2025', true), kernel('v4', true, '2M')]) {
-    it(`on ${label(k)}: free memory never rises by the guest size`, () => {
+    it(`on ${kernelLabel(k)}: free memory never rises by the guest size`, () => {
       const vm = boot(newHost(k));
       const freeBefore = vm.state.freePages;
       const metadata = metadataPages(vm.state, vm.handles);

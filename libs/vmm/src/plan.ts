@@ -1,4 +1,4 @@
-import type { CallOutcome, SimCall } from '#tdx-sim';
+import type { CallOutcome, KernelFeatureSwitch, SimCall } from '#tdx-sim';
 
 /** A symbolic handle (an fd or mapping id an earlier step produced), resolved at run time. */
 export interface HandleRef {
@@ -71,15 +71,83 @@ export type Intent =
   | { action: 'reboot'; strategy: RebootStrategy }
   | { action: 'terminate'; strategy: TerminateStrategy };
 
-/** How to reboot: mainline close-and-recreate, terminate first, or keep the guest memory. */
-export type RebootStrategy = 'cold' | 'terminate' | 'reuse';
-/** How to shut a VM down for good. */
-export type TerminateStrategy = 'close' | 'terminate';
+/** A kernel switch a strategy needs, and what its plan uses the switch's feature for. */
+export interface StrategyNeed {
+  /** The switch that provides the feature; the kernel lacks it when the switch is at mainline's. */
+  switch: KernelFeatureSwitch;
+  /** Said after the feature when a refusal names it, e.g. `to give the old guest_memfds to ...`. */
+  purpose?: string;
+}
 
-/** Every reboot strategy. */
-export const REBOOT_STRATEGIES: readonly RebootStrategy[] = ['cold', 'terminate', 'reuse'];
-/** Every terminate strategy. */
-export const TERMINATE_STRATEGIES: readonly TerminateStrategy[] = ['close', 'terminate'];
+/** What declares a strategy: what it does, and the kernel switches it needs. */
+export interface StrategyDeclaration {
+  /** One line on what the strategy does (the API documents each strategy with it). */
+  description: string;
+  /** The switches the strategy needs, in the order a refusal checks them. */
+  needs: readonly StrategyNeed[];
+}
+
+/**
+ * The strategies of each action that takes one, declared once: a reboot's and a terminate's.
+ * The API's schemas and documents, the `sim` command's options, metric labels and test tables
+ * derive from this table, and so does which kernels refuse a strategy ({@link kernelRefusal}).
+ */
+export const STRATEGIES = {
+  /** How to reboot: mainline close-and-recreate, terminate first, or keep the guest memory. */
+  reboot: {
+    cold: { description: 'close everything and boot anew (mainline)', needs: [] },
+    terminate: { description: 'KVM_TDX_TERMINATE_VM first', needs: [{ switch: 'terminateVm' }] },
+    reuse: {
+      description: 'keep the guest_memfds and boot the new VM on them (needs KVM_LINK_GUEST_MEMFD)',
+      needs: [
+        { switch: 'terminateVm' },
+        { switch: 'linkGuestMemfd', purpose: 'to give the old guest_memfds to the new VM' },
+      ],
+    },
+  },
+  /** How to shut a VM down for good. */
+  terminate: {
+    close: { description: 'close every fd (mainline)', needs: [] },
+    terminate: { description: 'KVM_TDX_TERMINATE_VM first', needs: [{ switch: 'terminateVm' }] },
+  },
+} as const satisfies Record<string, Record<string, StrategyDeclaration>>;
+
+/** An action that takes a strategy. */
+export type StrategyAction = keyof typeof STRATEGIES;
+/** Every action that takes a strategy, in declaration order. */
+export const STRATEGY_ACTIONS = Object.keys(STRATEGIES) as readonly StrategyAction[];
+/** How to reboot: one of {@link REBOOT_STRATEGIES}. */
+export type RebootStrategy = keyof typeof STRATEGIES.reboot;
+/** How to shut a VM down for good: one of {@link TERMINATE_STRATEGIES}. */
+export type TerminateStrategy = keyof typeof STRATEGIES.terminate;
+
+/** Every reboot strategy, in declaration order. */
+export const REBOOT_STRATEGIES = Object.keys(STRATEGIES.reboot) as readonly RebootStrategy[];
+/** Every terminate strategy, in declaration order. */
+export const TERMINATE_STRATEGIES = Object.keys(
+  STRATEGIES.terminate,
+) as readonly TerminateStrategy[];
+/** Every strategy of any action, each name once, in declaration order (the reboot ones first). */
+export const ALL_STRATEGIES: readonly (RebootStrategy | TerminateStrategy)[] = [
+  ...new Set([...REBOOT_STRATEGIES, ...TERMINATE_STRATEGIES]),
+];
+
+/** The strategies `action` takes, in declaration order. */
+export function strategiesOf(action: StrategyAction): readonly string[] {
+  return action === 'reboot' ? REBOOT_STRATEGIES : TERMINATE_STRATEGIES;
+}
+
+/** The kernel switches `intent` needs, in the order a refusal checks them (none for a boot). */
+export function strategyNeeds(intent: Intent): readonly StrategyNeed[] {
+  switch (intent.action) {
+    case 'boot':
+      return [];
+    case 'reboot':
+      return STRATEGIES.reboot[intent.strategy].needs;
+    case 'terminate':
+      return STRATEGIES.terminate[intent.strategy].needs;
+  }
+}
 
 /** An ordered plan: plain data, so a worker can store its position and resume it. */
 export interface Plan {

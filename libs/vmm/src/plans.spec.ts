@@ -14,9 +14,13 @@ import {
   type TerminateVmSemantics,
   createHost,
   makeHostConfig,
+  ALL_KERNELS,
+  kernelLabel,
 } from '#tdx-sim';
 import {
   type Intent,
+  REBOOT_STRATEGIES,
+  TERMINATE_STRATEGIES,
   type KernelFeatureName,
   type Plan,
   type PlanStep,
@@ -26,6 +30,7 @@ import {
   handlesAfter,
   planFor,
   runPlan,
+  runnableStrategies,
   shapeOfGiB,
 } from './index.js';
 
@@ -40,18 +45,9 @@ function kernel(
   return { terminateVm, linkGuestMemfd, privatePageSize };
 }
 
-function label(k: KernelFeatures): string {
-  return `terminateVm=${k.terminateVm} link=${k.linkGuestMemfd ? 'on' : 'off'} ${k.privatePageSize}`;
-}
-
 function intentLabel(intent: Intent): string {
   return intent.action === 'boot' ? 'boot' : `${intent.action} ${intent.strategy}`;
 }
-
-/** Every combination of the three kernel switches (3 x 2 x 2). */
-const ALL_KERNELS: readonly KernelFeatures[] = (['none', 'v4', 'aug2025'] as const).flatMap((t) =>
-  [false, true].flatMap((link) => (['4K', '2M'] as const).map((size) => kernel(t, link, size))),
-);
 
 const BOOT: Intent = { action: 'boot' };
 const COLD: Intent = { action: 'reboot', strategy: 'cold' };
@@ -59,7 +55,12 @@ const TERMINATE_REBOOT: Intent = { action: 'reboot', strategy: 'terminate' };
 const REUSE: Intent = { action: 'reboot', strategy: 'reuse' };
 const CLOSE: Intent = { action: 'terminate', strategy: 'close' };
 const TERMINATE_VM: Intent = { action: 'terminate', strategy: 'terminate' };
-const ALL_INTENTS: readonly Intent[] = [BOOT, COLD, TERMINATE_REBOOT, REUSE, CLOSE, TERMINATE_VM];
+/** Boot, then every declared strategy of each action. */
+const ALL_INTENTS: readonly Intent[] = [
+  BOOT,
+  ...REBOOT_STRATEGIES.map((strategy): Intent => ({ action: 'reboot', strategy })),
+  ...TERMINATE_STRATEGIES.map((strategy): Intent => ({ action: 'terminate', strategy })),
+];
 
 /** A running VM of `shape` on a fresh host with `k`: the state and the VMM's handles. */
 function bootedHost(
@@ -161,7 +162,7 @@ describe('planFor: refusals for a kernel without the needed feature', () => {
   for (const row of refusals) {
     for (const size of ['4K', '2M'] as const) {
       const k = kernel(row.terminateVm, row.link, size);
-      it(`${intentLabel(row.intent)} on ${label(k)} is refused: ${row.feature} missing`, () => {
+      it(`${intentLabel(row.intent)} on ${kernelLabel(k)} is refused: ${row.feature} missing`, () => {
         const result = planFor(row.intent, k, SHAPE, FAKE_HANDLES);
         assert.equal(result.ok, false);
         assert.ok(!result.ok);
@@ -199,7 +200,7 @@ describe('planFor: accepted combinations return plans', () => {
     for (const k of ALL_KERNELS) {
       if (allows(k)) accepted += 1;
       else refused += 1;
-      it(`${intentLabel(intent)} on ${label(k)}: ${allows(k) ? 'a plan' : 'refused'}`, () => {
+      it(`${intentLabel(intent)} on ${kernelLabel(k)}: ${allows(k) ? 'a plan' : 'refused'}`, () => {
         const handles = intent.action === 'boot' ? undefined : FAKE_HANDLES;
         const result = planFor(intent, k, SHAPE, handles);
         assert.equal(result.ok, allows(k));
@@ -233,7 +234,7 @@ describe('a refused plan leaves the host untouched', () => {
     [TERMINATE_VM, kernel('none', false)],
   ];
   for (const [intent, k] of cases) {
-    it(`${intentLabel(intent)} on ${label(k)}: the VM keeps running as it was`, () => {
+    it(`${intentLabel(intent)} on ${kernelLabel(k)}: the VM keeps running as it was`, () => {
       const { state, handles } = bootedHost(k);
       const before = structuredClone(state);
       const result = planFor(intent, k, SHAPE, handles);
@@ -391,7 +392,7 @@ describe('plan steps', () => {
   for (const [k, expected] of reuseKernels) {
     for (const size of ['4K', '2M'] as const) {
       const kk = { ...k, privatePageSize: size };
-      it(`reuse on ${label(kk)} follows the seed's eight steps in order`, () => {
+      it(`reuse on ${kernelLabel(kk)} follows the seed's eight steps in order`, () => {
         const plan = mustPlan(REUSE, kk);
         const names = stepNames(plan);
         assert.deepEqual(names, expected);
@@ -555,7 +556,7 @@ describe('plan steps', () => {
     ],
   ];
   for (const [intent, k, expected] of others) {
-    it(`${intentLabel(intent)} on ${label(k)}: steps in order`, () => {
+    it(`${intentLabel(intent)} on ${kernelLabel(k)}: steps in order`, () => {
       assert.deepEqual(stepNames(mustPlan(intent, k)), expected);
     });
   }
@@ -652,7 +653,7 @@ describe('plans name only handles they have', () => {
   // Found by the property above: the reuse plan unmapped `old.map.0` even when the old
   // guest_memfd had no userspace mapping, and the runner stopped with UnboundHandleError.
   for (const k of [kernel('v4', true), kernel('aug2025', true)]) {
-    it(`reuse on ${label(k)} of a VM whose guest_memfd is not mapped has no unmap step`, () => {
+    it(`reuse on ${kernelLabel(k)} of a VM whose guest_memfd is not mapped has no unmap step`, () => {
       const unmapped: VmHandles = {
         ...FAKE_HANDLES,
         guestMemfds: FAKE_HANDLES.guestMemfds.map((m) => ({ ...m, map: null })),
@@ -713,5 +714,51 @@ describe('reuse keeps the old guest memory, so the new VM must fit it exactly', 
     assert.equal(planFor(REUSE, k, shapeOfGiB(4, 2), old).ok, true, 'vCPUs may change');
     assert.equal(planFor(COLD, k, shapeOfGiB(2, 3), old).ok, true);
     assert.equal(planFor(TERMINATE_REBOOT, k, shapeOfGiB(2, 1), old).ok, true);
+  });
+});
+
+describe('declared strategies', () => {
+  const callsOf = (plan: Plan): object[] => plan.steps.flatMap((s) => s.calls.map((c) => c.call));
+
+  for (const strategy of REBOOT_STRATEGIES) {
+    it(`reboot ${strategy}: each kernel gets steps of its own, the same kernel shares them`, () => {
+      const intent: Intent = { action: 'reboot', strategy };
+      const kernels = ALL_KERNELS.filter((k) => runnableStrategies('reboot', k).includes(strategy));
+      const built = kernels.map((k) => callsOf(mustPlan(intent, k)));
+      kernels.forEach((k, i) => {
+        const once = callsOf(mustPlan(intent, k));
+        const again = callsOf(mustPlan(intent, k));
+        assert.ok(
+          again.every((call, j) => call === once[j]),
+          `${kernelLabel(k)} planned twice`,
+        );
+        kernels.forEach((other, o) => {
+          if (o === i) return;
+          // Built before this kernel's: calls it shared would be these very objects.
+          const shared = new Set(built[o]);
+          assert.ok(
+            !again.some((call) => shared.has(call)),
+            `${kernelLabel(k)} shares steps with ${kernelLabel(other)}`,
+          );
+        });
+      });
+    });
+  }
+
+  it('runnableStrategies lists exactly the strategies planFor accepts, in declared order', () => {
+    for (const k of ALL_KERNELS) {
+      const planned = (intents: Intent[]) =>
+        intents
+          .filter((intent) => planFor(intent, k, SHAPE, FAKE_HANDLES).ok)
+          .map((intent) => (intent.action === 'boot' ? 'boot' : intent.strategy));
+      assert.deepEqual(
+        runnableStrategies('reboot', k),
+        planned(REBOOT_STRATEGIES.map((strategy) => ({ action: 'reboot', strategy }))),
+      );
+      assert.deepEqual(
+        runnableStrategies('terminate', k),
+        planned(TERMINATE_STRATEGIES.map((strategy) => ({ action: 'terminate', strategy }))),
+      );
+    }
   });
 });

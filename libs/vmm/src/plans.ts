@@ -1,14 +1,26 @@
-import { GIB_BYTES, type KernelFeatures } from '#tdx-sim';
+import {
+  GIB_BYTES,
+  KERNEL_SWITCHES,
+  type KernelFeatureName,
+  type KernelFeatureSwitch,
+  type KernelFeatures,
+  hasKernelFeature,
+  kernelSwitchesText,
+} from '#tdx-sim';
 import {
   type Bindings,
   type Intent,
   type Plan,
   type PlanStep,
   type PlannedCall,
+  REBOOT_STRATEGIES,
   type RebootStrategy,
+  type StrategyAction,
+  TERMINATE_STRATEGIES,
   type TerminateStrategy,
   type Track,
   ref,
+  strategyNeeds,
 } from './plan.js';
 
 /** The size of a VM, and how much of its memory a boot touches. */
@@ -40,7 +52,7 @@ export interface VmHandles {
 }
 
 /** The kernel features a plan can need. */
-export type KernelFeatureName = 'KVM_TDX_TERMINATE_VM' | 'KVM_LINK_GUEST_MEMFD';
+export type { KernelFeatureName };
 
 /** Why a plan was refused before any step ran. */
 export type PlanRefusal =
@@ -48,7 +60,7 @@ export type PlanRefusal =
       code: 'KERNEL_FEATURE_MISSING';
       feature: KernelFeatureName;
       /** The host kernel switch that would provide it. */
-      switch: 'terminateVm' | 'linkGuestMemfd';
+      switch: KernelFeatureSwitch;
       message: string;
     }
   | { code: 'INVALID_VM_SHAPE'; message: string };
@@ -61,26 +73,35 @@ const DEFAULT_INITIAL_REGION_BYTES = 4 * 1024 * 1024;
 
 /** The kernel features `intent` needs, or the refusal naming the first one missing. */
 export function kernelRefusal(intent: Intent, kernel: KernelFeatures): PlanRefusal | null {
-  const needsTerminate =
-    (intent.action === 'reboot' && intent.strategy !== 'cold') ||
-    (intent.action === 'terminate' && intent.strategy === 'terminate');
-  if (needsTerminate && kernel.terminateVm === 'none') {
+  for (const need of strategyNeeds(intent)) {
+    if (hasKernelFeature(kernel, need.switch)) continue;
+    const feature = KERNEL_SWITCHES[need.switch].feature;
+    const purpose = need.purpose === undefined ? '' : ` ${need.purpose}`;
     return {
       code: 'KERNEL_FEATURE_MISSING',
-      feature: 'KVM_TDX_TERMINATE_VM',
-      switch: 'terminateVm',
-      message: `${describe(intent)} needs KVM_TDX_TERMINATE_VM, which this host's kernel does not have (terminateVm: none)`,
-    };
-  }
-  if (intent.action === 'reboot' && intent.strategy === 'reuse' && !kernel.linkGuestMemfd) {
-    return {
-      code: 'KERNEL_FEATURE_MISSING',
-      feature: 'KVM_LINK_GUEST_MEMFD',
-      switch: 'linkGuestMemfd',
-      message: `${describe(intent)} needs KVM_LINK_GUEST_MEMFD to give the old guest_memfds to the new VM, which this host's kernel does not have (linkGuestMemfd: false)`,
+      feature,
+      switch: need.switch,
+      message: `${describe(intent)} needs ${feature}${purpose}, which this host's kernel does not have (${need.switch}: ${String(kernel[need.switch])})`,
     };
   }
   return null;
+}
+
+/** The strategies of `action` a host with `kernel` can run, in declaration order. */
+export function runnableStrategies(action: 'reboot', kernel: KernelFeatures): RebootStrategy[];
+export function runnableStrategies(
+  action: 'terminate',
+  kernel: KernelFeatures,
+): TerminateStrategy[];
+export function runnableStrategies(
+  action: StrategyAction,
+  kernel: KernelFeatures,
+): Array<RebootStrategy | TerminateStrategy> {
+  return action === 'reboot'
+    ? REBOOT_STRATEGIES.filter((strategy) => kernelRefusal({ action, strategy }, kernel) === null)
+    : TERMINATE_STRATEGIES.filter(
+        (strategy) => kernelRefusal({ action, strategy }, kernel) === null,
+      );
 }
 
 function describe(intent: Intent): string {
@@ -409,9 +430,10 @@ export function planReboot(
 ): Plan {
   const intent: Intent = { action: 'reboot', strategy };
   const initialBindings = oldBindings(handles);
-  // Only a reuse reboot's steps depend on the kernel.
   const deletesMemslots = strategy === 'reuse' && kernel.terminateVm === 'aug2025';
-  const key = cacheKey(`reboot ${strategy} ${deletesMemslots}`, shape, handles);
+  // Keyed by every kernel switch, not only those the steps read today: a switch added later
+  // cannot share steps built for another kernel.
+  const key = cacheKey(`reboot ${strategy} ${kernelSwitchesText(kernel)}`, shape, handles);
   switch (strategy) {
     case 'cold':
       return {

@@ -4,9 +4,10 @@
  * Not exported from the library's index; used by the `*.spec.ts` files only.
  */
 import type { CallOutcome, CallSuccess, CallValue, SimCall } from '../calls.js';
-import { type HostConfigInput, type KernelFeatures, makeHostConfig } from '../config.js';
+import { type HostConfigInput, makeHostConfig } from '../config.js';
+import type { KernelFeatures } from '../kernel-switches.js';
 
-export { ALL_KERNELS, kernelLabel } from '../config.js';
+export { ALL_KERNELS, kernelLabel } from '../kernel-switches.js';
 import { applyCall, createHost, settleAll } from '../host.js';
 import { countPages } from '../ranges.js';
 import type { HostState, VmState } from '../state.js';
