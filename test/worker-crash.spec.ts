@@ -238,7 +238,7 @@ describe('a worker dies or stops in the middle of a reboot', { concurrency: true
     prefix: string,
     env: Record<string, string>,
   ): Promise<{ fleet: FleetClient; first: WorkerProcess; jobId: string }> {
-    const fleet = connectFleet(redis.url, prefix);
+    const fleet = connectFleet(redis.url, prefix, Number(env.TIME_SCALE ?? '1000'));
     const first = await startWorker(redis.url, prefix, env);
     await fleet.service.createHost(HOST);
     const { job: boot } = await fleet.service.createVm({ ...VM, hostId: HOST.id });
@@ -318,9 +318,10 @@ describe('a worker dies or stops in the middle of a reboot', { concurrency: true
   });
 
   it('SIGKILL twice (mid-teardown, then right after a second worker took the job over)', async () => {
-    // At 10x the old guest_memfd's close runs ~6.8 s: long enough for a second worker to take
-    // the job over (and die) while it runs. A cold reboot boots the new VM meanwhile.
-    const env = { TIME_SCALE: '10', JOB_LOCK_MS: '1000' };
+    // At 4x the old guest_memfd's close runs ~17 s: long enough for a second worker to take
+    // the job over (and die) while it runs, though the host's clock runs on while no worker
+    // holds the job. A cold reboot boots the new VM meanwhile.
+    const env = { TIME_SCALE: '4', JOB_LOCK_MS: '1000' };
     const { fleet, first, jobId } = await bootAndSubmit('kill-twice', env);
     const workers: WorkerProcess[] = [first];
     const locks = new Redis(redis.url);
@@ -498,12 +499,12 @@ describe('a worker dies or stops in the middle of a reboot', { concurrency: true
 
   it('a reboot storm with the worker SIGKILLed three times: every job done once, state as without', async () => {
     const prefix = 'storm';
-    // The VMs boot at once (TIME_SCALE=0); the reboots run at 10x, where an 8 GiB cold reboot on
-    // mainline takes ~3.5 s: the three kills land mid-operation even on a loaded machine, where
-    // noticing progress and restarting a worker take a while (an operation's time runs on while
-    // no worker holds it).
-    const env = { TIME_SCALE: '10', JOB_LOCK_MS: '1000', HOST_CONCURRENCY: '2' };
-    const fleet = connectFleet(redis.url, prefix);
+    // The VMs boot at once (TIME_SCALE=0); the reboots run at 3x, where an 8 GiB cold reboot on
+    // mainline takes ~12 s: the three kills land mid-operation even on a loaded machine, where
+    // noticing progress and restarting a worker take a while (a host's clock runs on while no
+    // worker holds its jobs, and the next worker catches up).
+    const env = { TIME_SCALE: '3', JOB_LOCK_MS: '1000', HOST_CONCURRENCY: '2' };
+    const fleet = connectFleet(redis.url, prefix, 3);
     const problems: string[] = [];
     let worker = await startWorker(redis.url, prefix, { ...env, TIME_SCALE: '0' });
     const started: WorkerProcess[] = [worker];

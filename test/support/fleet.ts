@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type HostDocument,
@@ -38,13 +39,20 @@ export interface FleetClient {
   close(): Promise<void>;
 }
 
-/** Connects to the fleet under `prefix` the way the API process does. */
-export function connectFleet(redisUrl: string, prefix: string): FleetClient {
+/**
+ * Connects to the fleet under `prefix` the way the API process does; `timeScale` is the workers'
+ * TIME_SCALE, so that operations arrive at their hosts' current virtual time.
+ */
+export function connectFleet(redisUrl: string, prefix: string, timeScale = 0): FleetClient {
   const storeRedis = new Redis(redisUrl);
   const queueRedis = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const store = new FleetStore(storeRedis, prefix);
   const queues = new FleetQueues(queueRedis, store.keys.queuePrefix);
-  const service = new FleetService(store, queues);
+  const service = new FleetService(store, queues, {
+    now: () => Date.now(),
+    newId: () => randomUUID(),
+    timeScale,
+  });
   return {
     store,
     queues,

@@ -457,7 +457,9 @@ describe('a reboot storm on one host', () => {
       assert.equal(op.state, 'succeeded', id);
       // The step that gives the old HKID back: TERMINATE_VM, or closing the VM fd (cold).
       const release = stepOf(op, op.strategy === 'cold' ? 'close-vm' : 'terminate-vm');
-      releases.push([release.startedAtMs ?? 0, release.endsAtMs ?? 0, id]);
+      // In the host's virtual time (whole microseconds: exact).
+      const start = op.startedAt + Math.round((release.virtualStart ?? NaN) * 1e6);
+      releases.push([start, start + Math.round(release.virtualSeconds * 1e6), id]);
       const wall = (op.finishedAtMs ?? 0) - (op.startedAtMs ?? 0);
       assert.ok(
         Math.abs((op.result?.totalSeconds ?? 0) - wall) < 0.01,
@@ -535,7 +537,8 @@ describe('host concurrency', () => {
     assert.equal(b.state, 'succeeded');
     assert.ok((b.startedAtMs ?? 0) >= (a.finishedAtMs ?? Infinity));
     // In virtual time, the second starts the moment the first ends.
-    assert.equal(b.startedAt, a.startedAt + (a.result?.totalSeconds ?? NaN));
+    assert.equal(b.startedAt, a.endsAt);
+    assert.equal(b.startedAt - a.startedAt, (a.result?.totalSeconds ?? NaN) * 1e6);
     assert.ok(seen.length > 0 && seen.every((s) => s === 'queued'));
     assert.equal(vmOf(driven.doc, 'vm2').generation, 2);
   });

@@ -12,9 +12,10 @@ import {
   startRun,
   stuckStep,
   summarize,
+  toSeconds,
 } from '#vmm';
 import { NotFoundError } from './errors.js';
-import { realTimeOf } from './host-document.js';
+import { hostTimeAt, realTimeOf } from './host-document.js';
 import { pendingJobStep, planOperation } from './operations.js';
 import type {
   GuestMemfdRecord,
@@ -108,10 +109,7 @@ function asRun(op: OperationRecord): OperationRun {
  */
 export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAdvance {
   const { nowMs, timeScale } = options;
-  const target =
-    timeScale === 0
-      ? Infinity
-      : doc.clock + (Math.max(0, nowMs - doc.clockAtMs) * timeScale) / 1000;
+  const target = timeScale === 0 ? Infinity : hostTimeAt(doc, nowMs, timeScale);
   const host: EngineHost = {
     sim: doc.sim,
     releases: doc.releases,
@@ -149,7 +147,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     events.push({
       type,
       atMs: realTime(at),
-      virtualTime: at,
+      virtualTime: toSeconds(at),
       hostId: op.hostId,
       vmId: op.vmId,
       jobId: op.id,
@@ -219,6 +217,8 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     op.bootReleased = run.bootReleased;
     op.bindings = run.bindings;
     op.startedAt = at;
+    op.endsAt = at;
+    op.runEndedAt = null;
     op.state = 'running';
     op.startedAtMs = realTime(at);
     op.nextAt = at;

@@ -7,6 +7,7 @@ import {
   makeHostConfig,
   settleRelease,
 } from '#tdx-sim';
+import type { Micros } from '#vmm';
 import { InvalidRequestError } from './errors.js';
 import type { HostDocument } from './model.js';
 
@@ -57,9 +58,9 @@ export function createHostDocument(spec: HostSpec, nowMs: number): HostDocument 
 
 /**
  * Returns to the host whatever was freed by steps whose virtual time has passed by `at` (a
- * virtual time of the host). Returns the same document when nothing was due.
+ * virtual time of the host, microseconds). Returns the same document when nothing was due.
  */
-export function settleDue(doc: HostDocument, at: number): HostDocument {
+export function settleDue(doc: HostDocument, at: Micros): HostDocument {
   const due = doc.releases.filter((r) => r.at <= at);
   if (due.length === 0) return doc;
   let sim = doc.sim;
@@ -67,14 +68,18 @@ export function settleDue(doc: HostDocument, at: number): HostDocument {
   return { ...doc, sim, releases: doc.releases.filter((r) => r.at > at) };
 }
 
-/** The host's virtual time at real time `nowMs`, paced by `timeScale` (0: its clock as it is). */
-export function hostTimeAt(doc: HostDocument, nowMs: number, timeScale: number): number {
+/**
+ * The host's virtual time (microseconds) at real time `nowMs`, paced by `timeScale` virtual
+ * seconds per real second (0: its clock as it is).
+ */
+export function hostTimeAt(doc: HostDocument, nowMs: number, timeScale: number): Micros {
   if (timeScale === 0) return doc.clock;
-  return doc.clock + (Math.max(0, nowMs - doc.clockAtMs) * timeScale) / 1000;
+  // Real milliseconds times virtual seconds per real second are virtual milliseconds.
+  return doc.clock + Math.round(Math.max(0, nowMs - doc.clockAtMs) * timeScale * 1000);
 }
 
 /** The real time at which the host reaches virtual time `at`, paced by `timeScale`. */
-export function realTimeOf(doc: HostDocument, at: number, timeScale: number): number {
+export function realTimeOf(doc: HostDocument, at: Micros, timeScale: number): number {
   if (timeScale === 0 || at <= doc.clock) return doc.clockAtMs;
-  return doc.clockAtMs + ((at - doc.clock) / timeScale) * 1000;
+  return doc.clockAtMs + (at - doc.clock) / 1000 / timeScale;
 }

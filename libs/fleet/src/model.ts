@@ -2,6 +2,7 @@ import type { HostState } from '#tdx-sim';
 import type {
   Bindings,
   Intent,
+  Micros,
   PendingRelease,
   Plan,
   PlanSummary,
@@ -111,14 +112,18 @@ export interface OperationRecord {
   bootReleased: boolean;
   bindings: Bindings;
   totals: OperationTotals;
-  /** Virtual time of its host at which it arrived there (when it was submitted). */
-  arrivedAt: number;
+  /** Virtual time of its host (microseconds) at which it arrived there (when it was submitted). */
+  arrivedAt: Micros;
   /** Its place among the host's arrivals: operations that arrive together start in this order. */
   arrival: number;
   /** Virtual time of its host at which it started (its arrival until then). */
-  startedAt: number;
+  startedAt: Micros;
+  /** When its last step so far ends (its start until a step has run). */
+  endsAt: Micros;
+  /** When the new VM's `run` step ended, or null. */
+  runEndedAt: Micros | null;
   /** When it next has something to do, in its host's virtual time; null while stuck. */
-  nextAt: number | null;
+  nextAt: Micros | null;
   /** Real time since which a step has waited with nothing known to change, or null. */
   stuckSinceMs: number | null;
   /** The VM's lifecycle state before the operation, restored if it never starts. */
@@ -146,11 +151,11 @@ export interface HostDocument {
   /** Queued and running operations; finished ones leave the document. */
   ops: Record<string, OperationRecord>;
   /**
-   * The host's virtual clock: the virtual time (seconds) up to which it has been simulated.
-   * Operations arrive at the host's current virtual time, and every wait ends at the virtual time
-   * its resource comes back: no result depends on the real time or the time scale.
+   * The host's virtual clock: the virtual time (whole microseconds) up to which it has been
+   * simulated. Operations arrive at the host's current virtual time, and every wait ends at the
+   * virtual time its resource comes back: no result depends on the real time or the time scale.
    */
-  clock: number;
+  clock: Micros;
   /** The real time at which the clock was last set: the time scale paces from there. */
   clockAtMs: number;
   /** Operations that have arrived so far: the next arrival's place. */
@@ -158,5 +163,5 @@ export interface HostDocument {
   /** Releases in flight and the virtual time at which they return to the host. */
   releases: PendingRelease[];
   /** The host-wide lock of HKID release (the kernel's global lock): free from this virtual time. */
-  hkidLockFreeAt: number;
+  hkidLockFreeAt: Micros;
 }

@@ -149,6 +149,8 @@ function newOperation(
     arrivedAt,
     arrival: doc.arrivals,
     startedAt: arrivedAt,
+    endsAt: arrivedAt,
+    runEndedAt: null,
     nextAt: arrivedAt,
     stuckSinceMs: null,
     previousVmState: vm.state,

@@ -38,10 +38,9 @@ import { MetricsController } from './metrics.controller.js';
       provide: WORKER_HOOKS,
       inject: [FleetMetrics],
       useFactory: (metrics: FleetMetrics): WorkerHooks => ({
-        committed: (advance) => {
-          metrics.observeEvents(advance.events);
-          if (advance.finished !== null) metrics.observeFinished(advance.finished);
-          return Promise.resolve();
+        committed: (commit) => {
+          metrics.observeEvents(commit.events);
+          for (const op of commit.finished) metrics.observeFinished(op);
         },
         jobStarted: (queue, waited) => metrics.observeJobWait(queue, waited),
         jobEnded: (queue, ran) => metrics.observeJobRun(queue, ran),

@@ -14,7 +14,7 @@ import {
   operationJobSchema,
   parseJobData,
 } from './job-payloads.js';
-import { OperationRunner, type RunObserver, type RunnerOptions } from './operation-runner.js';
+import { type HostCommit, OperationRunner, type RunnerOptions } from './operation-runner.js';
 import type { FleetQueues } from './queues.js';
 
 /** How a worker process runs jobs. */
@@ -39,7 +39,8 @@ const INDEX_PRUNING = { pageSize: 1000, graceMs: 10 * 60_000 };
 
 /** Hooks for metrics: called as jobs commit, start, end, retry and stall. */
 export interface WorkerHooks {
-  committed?: RunObserver['committed'];
+  /** A commit of this process's workers: its events and the operations it finished. */
+  committed?(commit: HostCommit): void;
   /** A worker of this process took a job that waited `waitedSeconds` in its queue. */
   jobStarted?(queue: string, waitedSeconds: number | null): void;
   /** An attempt at a job ended (done, put back or failed) after `ranSeconds`. */
@@ -71,7 +72,9 @@ export class FleetWorkers {
     private readonly log: Logger,
     private readonly hooks: WorkerHooks = {},
   ) {
-    this.operationRunner = new OperationRunner(store, options);
+    this.operationRunner = new OperationRunner(store, options, undefined, (commit) =>
+      this.hooks.committed?.(commit),
+    );
     this.batchRunner = new BatchRunner(store, service);
     for (const index of ['jobs', 'vms'] as const) {
       this.indexPruners.set(index, new IndexPruner(store, index, INDEX_PRUNING));
@@ -200,17 +203,18 @@ export class FleetWorkers {
       job.id,
       job.data,
     );
+    let reported = -1;
     const outcome = await this.operationRunner.run(data.opId, data.hostId, this.abort.signal, {
       committed: async (advance) => {
         const counted = advance.op.steps.filter((s) => s.state !== 'skipped');
         const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
         const progress = counted.length === 0 ? 100 : Math.round((done / counted.length) * 100);
-        // The commit published the events. Then the queue's progress (a finished job's
-        // completion says it all) and the metrics.
-        await Promise.all([
-          advance.finished === null ? job.updateProgress(progress) : undefined,
-          this.hooks.committed?.(advance),
-        ]);
+        // Written when it changes: the host's other jobs may have moved the operation.
+        if (progress === reported) return;
+        reported = progress;
+        // The commit published the events and told the metrics. Then the queue's progress (a
+        // finished job's completion says it all).
+        if (advance.finished === null) await job.updateProgress(progress);
       },
     });
     switch (outcome.kind) {

@@ -8,11 +8,17 @@ import {
 } from '#fleet';
 import type { FleetStore } from '#store';
 
-/** An operation's change in a commit: its record, the commit's events, and whether it finished. */
+/** An operation's record as a commit left it, and whether that commit finished it. */
 export interface Committed {
   op: OperationRecord;
-  events: FleetEvent[];
   finished: OperationRecord | null;
+}
+
+/** One commit of a host: every event it published and every operation it finished. */
+export interface HostCommit {
+  hostId: string;
+  events: readonly FleetEvent[];
+  finished: readonly OperationRecord[];
 }
 
 /** What one advance of an operation's host came to for it. */
@@ -38,7 +44,7 @@ export type RunOutcome =
   /** The process is stopping: put the job back at once for another worker. */
   | { kind: 'handed-back' };
 
-/** Called after every committed change: progress for the queue, events for the API. */
+/** Called after every commit that changed a job's operation: its progress for the queue. */
 export interface RunObserver {
   committed(advance: Committed): Promise<void>;
 }
@@ -61,6 +67,8 @@ export class OperationRunner {
     private readonly store: FleetStore,
     private readonly options: RunnerOptions,
     private readonly now: () => number = () => Date.now(),
+    /** Told of each commit once (the metrics), whichever jobs it moved. */
+    private readonly onCommit: (commit: HostCommit) => void = () => undefined,
   ) {}
 
   async run(
@@ -181,6 +189,7 @@ export class OperationRunner {
         // Another process changed the host: read it again.
         return opIds.map(() => ({ kind: 'conflict' }));
       }
+      this.onCommit({ hostId: doc.id, events: advance.events, finished: advance.finished });
     }
     const wakeAtMs = advance.wakeAtMs ?? nowMs + this.options.pollMs;
     const results = opIds.map((opId): StepResult | null => {
@@ -188,7 +197,8 @@ export class OperationRunner {
       const finished = advance.finished.find((op) => op.id === opId) ?? null;
       const op = finished ?? advance.doc.ops[opId];
       if (op === undefined) return null;
-      const commit = advance.changed ? { op, events: advance.events, finished } : null;
+      // Another job of the host may have moved this operation: its job hears of it all the same.
+      const commit = { op, finished };
       if (finished !== null) return { kind: 'finished', state: finished.state, commit };
       return { kind: 'sleep', untilMs: wakeAtMs, commit };
     });

@@ -30,10 +30,31 @@ export const WAITABLE_ERRNOS: readonly Errno[] = ['ENOSPC', 'ENOMEM', 'EBUSY'];
 /** The two tracks of a plan, in the order they go on a tie. */
 export const TRACKS: readonly Track[] = ['teardown', 'boot'];
 
+/**
+ * Virtual time inside the engine: whole microseconds. Sums and differences of whole numbers
+ * below 2^53 are exact in a double, so an operation's figures do not depend on the absolute
+ * time it started at (seconds as floats would: (T + x) - T is not always x). 2^53 microseconds
+ * is 285 years of virtual time. Records and summaries give seconds.
+ */
+export type Micros = number;
+
+/** Microseconds per second. */
+export const MICROS_PER_SECOND = 1_000_000;
+
+/** Virtual seconds as whole microseconds. */
+export function toMicros(seconds: number): Micros {
+  return Math.round(seconds * MICROS_PER_SECOND);
+}
+
+/** Whole microseconds as virtual seconds. */
+export function toSeconds(micros: Micros): number {
+  return micros / MICROS_PER_SECOND;
+}
+
 /** What a step freed, returning to the host at virtual time `at`. */
 export interface PendingRelease {
   release: number;
-  at: number;
+  at: Micros;
 }
 
 /**
@@ -44,7 +65,7 @@ export interface EngineHost {
   sim: HostState;
   releases: PendingRelease[];
   /** HKIDs are released under one host-wide lock: it is free from this virtual time on. */
-  hkidLockFreeAt: number;
+  hkidLockFreeAt: Micros;
 }
 
 /** Where a step of an operation is. */
@@ -78,9 +99,9 @@ export interface TrackCursor {
   /** Index into the track's steps (in plan order). */
   next: number;
   /** Virtual time (of the host) from which the next step may run. */
-  readyAt: number;
+  readyAt: Micros;
   /** Set while the next step waits: when it first tried. */
-  waitingSince: number | null;
+  waitingSince: Micros | null;
   /** What it waits for, while it waits. */
   waitingFor: WaitReason | null;
   /** Set when it waits for the other track, due at the same moment, to go first. */
@@ -100,7 +121,7 @@ export interface RunTotals {
   reusedPages: number;
   allocatedPages: number;
   /** When the old VM's HKID was released, from the operation's start. */
-  hkidReleasedAt: number | null;
+  hkidReleasedAt: Micros | null;
 }
 
 /** Why an operation stopped before the end of its plan. */
@@ -122,15 +143,19 @@ export interface OperationRun {
   bindings: Bindings;
   totals: RunTotals;
   /** Virtual time (of the host) at which it started. */
-  startedAt: number;
+  startedAt: Micros;
+  /** When its last step so far ends (its start until a step has run). */
+  endsAt: Micros;
+  /** When the new VM's `run` step ended (the end of the downtime), or null. */
+  runEndedAt: Micros | null;
   /** Set once it switched to cleaning up after a cancel or a failure. */
   cleanupReason: StopReason | null;
 }
 
 /** Something an advance did, for events and wall-clock records. */
 export type EngineEvent =
-  | { type: 'step'; step: number; at: number }
-  | { type: 'waiting'; step: number; at: number; errno: Errno | null; call: SimOp | null };
+  | { type: 'step'; step: number; at: Micros }
+  | { type: 'waiting'; step: number; at: Micros; errno: Errno | null; call: SimOp | null };
 
 /** How an advance treats a step that must wait with nothing known to change. */
 export interface AdvanceOptions {
@@ -148,7 +173,7 @@ export interface AdvanceOptions {
 /** Where an operation is after an advance. */
 export type RunStatus =
   /** Has more to do at virtual time `at`. */
-  | { kind: 'due'; at: number }
+  | { kind: 'due'; at: Micros }
   /** A step waits with nothing known to change on its host: retry when something does. */
   | { kind: 'stuck' }
   /** Every step has run (or stopped), and the last one's time has passed. */
@@ -161,7 +186,7 @@ export interface Advanced {
 }
 
 /** A new run of `plan`, starting at virtual time `at`. */
-export function startRun(plan: Plan, at: number): OperationRun {
+export function startRun(plan: Plan, at: Micros): OperationRun {
   const cursor = (): TrackCursor => ({
     next: 0,
     readyAt: at,
@@ -186,6 +211,8 @@ export function startRun(plan: Plan, at: number): OperationRun {
       hkidReleasedAt: null,
     },
     startedAt: at,
+    endsAt: at,
+    runEndedAt: null,
     cleanupReason: null,
   };
 }
@@ -219,7 +246,7 @@ export function trackSteps(plan: Plan, track: Track): number[] {
 }
 
 /** Returns to the host whatever is due by virtual time `at`; true if anything was. */
-export function settleDue(host: EngineHost, at: number): boolean {
+export function settleDue(host: EngineHost, at: Micros): boolean {
   let settled = false;
   for (let i = 0; i < host.releases.length;) {
     const pending = host.releases[i] as PendingRelease;
@@ -233,21 +260,12 @@ export function settleDue(host: EngineHost, at: number): boolean {
 }
 
 /** The earliest virtual time at which something in flight returns to the host, or Infinity. */
-export function nextReleaseAt(host: EngineHost): number {
+export function nextReleaseAt(host: EngineHost): Micros {
   let next = Infinity;
   for (const pending of host.releases) if (pending.at < next) next = pending.at;
   return next;
 }
 
-/** The virtual time the run's last step ends (its start if none has run). */
-export function runEnd(run: OperationRun): number {
-  let end = run.startedAt;
-  for (const s of run.steps) {
-    if (s.virtualStart !== null)
-      end = Math.max(end, run.startedAt + s.virtualStart + s.virtualSeconds);
-  }
-  return end;
-}
 
 /** True while a step of the plan (not a cleanup step) is still to run. */
 export function stepsLeft(run: OperationRun): boolean {
@@ -264,7 +282,7 @@ export function stepsLeft(run: OperationRun): boolean {
 export function advanceInPlace(
   run: OperationRun,
   host: EngineHost,
-  at: number,
+  at: Micros,
   options: AdvanceOptions,
 ): Advanced {
   const events: EngineEvent[] = [];
@@ -275,7 +293,7 @@ export function advanceInPlace(
   for (;;) {
     const current = nextTrack(run);
     if (current === null) {
-      const end = runEnd(run);
+      const end = run.endsAt;
       return { status: end > at ? { kind: 'due', at: end } : { kind: 'ended' }, events };
     }
     const cursor = run.tracks[current];
@@ -325,8 +343,8 @@ export function advanceInPlace(
       record.errno = failed.errno;
       record.message = failed.message;
       if (call !== null) record.call = call;
-      record.waitedSeconds = at - (cursor.waitingSince ?? at);
-      record.virtualStart = at - run.startedAt;
+      record.waitedSeconds = toSeconds(at - (cursor.waitingSince ?? at));
+      record.virtualStart = toSeconds(at - run.startedAt);
       const reason: StopReason = {
         code: 'step_failed',
         message: `${step.name} failed with ${failed.errno}: ${failed.message}`,
@@ -359,7 +377,7 @@ export function advanceInPlace(
     }
 
     const seconds = sumSeconds(result.outcomes);
-    const end = at + seconds;
+    const end = at + toMicros(seconds);
     for (const outcome of result.outcomes) {
       if (outcome.ok && outcome.effects.release !== null) {
         host.releases.push({ release: outcome.effects.release, at: end });
@@ -369,9 +387,11 @@ export function advanceInPlace(
     bindResults(step, result.outcomes, run.bindings);
     addTotals(run, result.outcomes, current, end - run.startedAt);
     record.state = 'done';
-    record.virtualSeconds = seconds;
-    record.virtualStart = at - run.startedAt;
-    record.waitedSeconds = at - (cursor.waitingSince ?? at);
+    record.virtualSeconds = toSeconds(end - at);
+    record.virtualStart = toSeconds(at - run.startedAt);
+    record.waitedSeconds = toSeconds(at - (cursor.waitingSince ?? at));
+    if (end > run.endsAt) run.endsAt = end;
+    if (step.name === 'run') run.runEndedAt = end;
     events.push({ type: 'step', step: stepIndex, at });
     cursor.next += 1;
     cursor.readyAt = end;
@@ -420,7 +440,7 @@ function nextTrack(run: OperationRun): Track | null {
  * Lets every track that waits for resources try again at `at` (something changed on the host).
  * True if one did.
  */
-export function retryWaiting(run: OperationRun, at: number): boolean {
+export function retryWaiting(run: OperationRun, at: Micros): boolean {
   let any = false;
   for (const track of TRACKS) {
     const cursor = run.tracks[track];
@@ -450,7 +470,7 @@ export function stuckStep(run: OperationRun): number | null {
 export function beginCleanup(
   run: OperationRun,
   sim: HostState,
-  at: number,
+  at: Micros,
   reason: StopReason,
 ): void {
   run.cleanupReason = reason;
@@ -509,7 +529,7 @@ function addTotals(
   run: OperationRun,
   outcomes: readonly CallOutcome[],
   track: Track,
-  endFromStart: number,
+  endFromStart: Micros,
 ): void {
   const totals = run.totals;
   for (const outcome of outcomes) {
@@ -559,25 +579,20 @@ export interface RunSummary {
 
 /** The summary of a run: what every engine reports for an operation. */
 export function summarize(run: OperationRun): RunSummary {
-  const total = runEnd(run) - run.startedAt;
-  let runEndsAt: number | null = null;
-  for (let i = run.steps.length - 1; i >= 0; i -= 1) {
-    const s = run.steps[i] as StepRecord;
-    if (s.name === 'run' && s.state === 'done' && s.virtualStart !== null) {
-      runEndsAt = s.virtualStart + s.virtualSeconds;
-      break;
-    }
-  }
+  const total = run.endsAt - run.startedAt;
+  const downtime =
+    run.plan.intent.action === 'terminate' || run.runEndedAt === null
+      ? total
+      : run.runEndedAt - run.startedAt;
   const hasOldVm = run.plan.initialBindings[OLD_VM_HANDLE] !== undefined;
   return {
-    downtimeSeconds:
-      run.plan.intent.action === 'terminate' || runEndsAt === null ? total : runEndsAt,
+    downtimeSeconds: toSeconds(downtime),
     reclaimSeconds: run.totals.reclaimSeconds,
     bytesReclaimed: pagesToBytes(run.totals.reclaimedPages),
     bytesFreed: pagesToBytes(run.totals.freedPages),
     bytesReused: pagesToBytes(run.totals.reusedPages),
     bytesAllocated: pagesToBytes(run.totals.allocatedPages),
-    hkidHeldSeconds: hasOldVm ? (run.totals.hkidReleasedAt ?? total) : 0,
-    totalSeconds: total,
+    hkidHeldSeconds: hasOldVm ? toSeconds(run.totals.hkidReleasedAt ?? total) : 0,
+    totalSeconds: toSeconds(total),
   };
 }

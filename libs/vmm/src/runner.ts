@@ -6,6 +6,8 @@ import {
   settleDue,
   startRun,
   summarize,
+  toMicros,
+  toSeconds,
 } from './engine.js';
 import type { Bindings, Plan, PlanStep, Track } from './plan.js';
 
@@ -75,12 +77,14 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     if (record === undefined || step === undefined || record.virtualStart === null) {
       throw new Error('a step ran without its record');
     }
+    // In whole microseconds, as the engine counts: the sums are exact.
+    const start = toMicros(record.virtualStart);
     const entry: TimelineEntry = {
       name: record.name,
       track: record.track,
-      readySeconds: record.virtualStart - record.waitedSeconds,
+      readySeconds: toSeconds(start - toMicros(record.waitedSeconds)),
       startSeconds: record.virtualStart,
-      endSeconds: record.virtualStart + record.virtualSeconds,
+      endSeconds: toSeconds(start + toMicros(record.virtualSeconds)),
       virtualSeconds: record.virtualSeconds,
       waitedSeconds: record.waitedSeconds,
       calls: step.calls.length,
