@@ -4,6 +4,7 @@ import {
   type HostState,
   type SimOp,
   applyCallsInPlace,
+  cloneHost,
   pagesToBytes,
   settleRelease,
 } from '#tdx-sim';
@@ -266,7 +267,6 @@ export function nextReleaseAt(host: EngineHost): Micros {
   return next;
 }
 
-
 /** True while a step of the plan (not a cleanup step) is still to run. */
 export function stepsLeft(run: OperationRun): boolean {
   return run.steps.some((s) => s.state === 'pending' || s.state === 'waiting');
@@ -409,6 +409,25 @@ export function advanceInPlace(
       }
     }
   }
+}
+
+/**
+ * {@link advanceInPlace} on copies: `run` and `host` are left as they are, and the advanced
+ * operation and host come back with what happened.
+ */
+export function advance(
+  run: OperationRun,
+  host: EngineHost,
+  at: Micros,
+  options: AdvanceOptions,
+): Advanced & { run: OperationRun; host: EngineHost } {
+  const ownRun = structuredClone(run);
+  const ownHost: EngineHost = {
+    sim: cloneHost(host.sim),
+    releases: host.releases.map((r) => ({ ...r })),
+    hkidLockFreeAt: host.hkidLockFreeAt,
+  };
+  return { ...advanceInPlace(ownRun, ownHost, at, options), run: ownRun, host: ownHost };
 }
 
 /**
