@@ -40,6 +40,16 @@ export interface ExecutorOptions {
   maxWaitMs: number;
   /** How often a host with such a step is looked at again. */
   pollMs: number;
+  /**
+   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): its
+   * simulated host and pending releases are changed in place instead of copied first.
+   */
+  inPlace?: boolean;
+  /**
+   * Simulate up to this virtual time rather than the one `nowMs` and `timeScale` give: the
+   * offline fleet engine's one virtual clock, exactly.
+   */
+  untilVirtual?: number;
 }
 
 /** A lifecycle change, for the event stream. */
@@ -109,9 +119,10 @@ function asRun(op: OperationRecord): OperationRun {
 export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAdvance {
   const { nowMs, timeScale } = options;
   const target =
-    timeScale === 0
+    options.untilVirtual ??
+    (timeScale === 0
       ? Infinity
-      : doc.clock + (Math.max(0, nowMs - doc.clockAtMs) * timeScale) / 1000;
+      : doc.clock + (Math.max(0, nowMs - doc.clockAtMs) * timeScale) / 1000);
   const host: EngineHost = {
     sim: doc.sim,
     releases: doc.releases,
@@ -120,8 +131,10 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
   let ownSim = false;
   const own = (): void => {
     if (ownSim) return;
-    host.sim = cloneHost(host.sim);
-    host.releases = [...host.releases];
+    if (options.inPlace !== true) {
+      host.sim = cloneHost(host.sim);
+      host.releases = [...host.releases];
+    }
     ownSim = true;
   };
   const live = Object.values(doc.ops).sort((a, b) => a.arrival - b.arrival);
