@@ -1,3 +1,4 @@
+import type { FleetSample, OfflineInput, OfflineOutput } from '#fleet';
 import { type CostModelName, type KernelFeatures, kernelSwitchesText } from '#tdx-sim';
 import type { PlanSummary, TimelineEntry } from '#vmm';
 import type { ExecReport } from './exec-script.js';
@@ -138,5 +139,70 @@ export function formatExec(report: ExecReport): string {
   );
   if (report.failedExpectations > 0)
     lines.push(`${report.failedExpectations} expectation(s) not met`);
+  return lines.join('\n');
+}
+
+/** Nearest-rank percentile of sorted values. */
+function percentile(sorted: readonly number[], p: number): number {
+  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
+  return sorted[Math.min(sorted.length, rank) - 1] ?? NaN;
+}
+
+/** The text form of `sim fleet`: operations by state, downtime by strategy, makespan, memory. */
+export function formatFleet(input: OfflineInput, output: OfflineOutput): string {
+  const t = output.totals;
+  const lines = [
+    `fleet: ${input.hosts.length} hosts, ${input.vms.length} VMs; ${t.operations} operations, ${t.refusals} refused; makespan ${t.makespan.toFixed(1)} s (virtual)`,
+    `operations: ${Object.entries(t.byState)
+      .map(([state, n]) => `${state} ${n}`)
+      .join(', ')}`,
+  ];
+  const downtimes = new Map<string, number[]>();
+  for (const op of output.operations) {
+    if (op.state !== 'succeeded' || op.result === null) continue;
+    const key = op.strategy === null ? op.action : `${op.action} ${op.strategy}`;
+    const list = downtimes.get(key) ?? [];
+    list.push(op.result.downtimeSeconds);
+    downtimes.set(key, list);
+  }
+  if (downtimes.size > 0) {
+    lines.push(
+      '',
+      `${'downtime, virtual s'.padEnd(20)} ${pad('n', 7)} ${pad('p50', 9)} ${pad('p95', 9)} ${pad('p99', 9)}`,
+    );
+    for (const [key, values] of [...downtimes].sort(([a], [b]) => a.localeCompare(b))) {
+      const sorted = [...values].sort((a, b) => a - b);
+      lines.push(
+        `${key.padEnd(20)} ${pad(String(sorted.length), 7)} ${[50, 95, 99].map((p) => pad(percentile(sorted, p).toFixed(1), 9)).join(' ')}`,
+      );
+    }
+  }
+  const series = output.series.fleet;
+  if (series.length > 0) {
+    let low = series[0] as FleetSample;
+    let peakHkids = 0;
+    let peakRunning = 0;
+    let peakWaiting = 0;
+    for (const s of series) {
+      if (s.freeBytes < low.freeBytes) low = s;
+      peakHkids = Math.max(peakHkids, s.hkidsInUse);
+      peakRunning = Math.max(peakRunning, s.running);
+      peakWaiting = Math.max(peakWaiting, s.waiting);
+    }
+    lines.push(
+      '',
+      `min free memory: ${formatGiB(low.freeBytes)} at ${low.t} s; peak HKIDs in use ${peakHkids}; peak running ${peakRunning}, waiting ${peakWaiting} (sampled every ${output.series.everySeconds} s)`,
+    );
+  }
+  if (output.refusals.length > 0) {
+    const byCode = new Map<string, number>();
+    for (const r of output.refusals) byCode.set(r.code, (byCode.get(r.code) ?? 0) + 1);
+    lines.push(
+      `refused: ${[...byCode]
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([code, n]) => `${code} ${n}`)
+        .join(', ')}`,
+    );
+  }
   return lines.join('\n');
 }

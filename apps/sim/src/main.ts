@@ -12,6 +12,7 @@ import {
   isFlagSwitch,
 } from '#tdx-sim';
 import { type PlanRun, REBOOT_STRATEGIES, type RebootStrategy } from '#vmm';
+import { runFleet } from '#fleet';
 import { ScriptError, parseScript, runScript } from './exec-script.js';
 import {
   BootFailedError,
@@ -21,7 +22,14 @@ import {
   rebootOnce,
   simulateReclaim,
 } from './experiments.js';
-import { formatExec, formatReboot, formatReclaim, formatReclaimTable } from './format.js';
+import { FleetFileError, fleetInput, parseFleetText } from './fleet-file.js';
+import {
+  formatExec,
+  formatFleet,
+  formatReboot,
+  formatReclaim,
+  formatReclaimTable,
+} from './format.js';
 
 /** The option of a kernel switch: its name in kebab case (`terminateVm`: `terminate-vm`). */
 function switchOption(name: KernelSwitchName): string {
@@ -48,7 +56,10 @@ commands:
          [--model ${MODEL_VALUES}] [--host-memory-gib G] [--hkids N] [--other-vms N] [--json]
       boot a VM, reboot it, print the step timeline and summary
   exec FILE [--json]
-      run a scripted sequence of calls against one simulated host (see README)`;
+      run a scripted sequence of calls against one simulated host (see README)
+  fleet FILE [--json]
+      run a fleet (hosts, VMs, timed requests, batches, limits; JSON or YAML, see README) in the
+      offline engine: one virtual clock, the daemon's rules; summary, or everything with --json`;
 
 /** Bad command-line input: one line on stderr, exit code 2. */
 class UsageError extends Error {}
@@ -64,15 +75,21 @@ function main(argv: string[]): number {
       return rebootCommand(rest);
     case 'exec':
       return execCommand(rest);
+    case 'fleet':
+      return fleetCommand(rest);
     case 'help':
     case '--help':
     case '-h':
       process.stdout.write(`${USAGE}\n`);
       return 0;
     case undefined:
-      throw new UsageError('missing command (reclaim-table, reclaim, reboot, exec; try --help)');
+      throw new UsageError(
+        'missing command (reclaim-table, reclaim, reboot, exec, fleet; try --help)',
+      );
     default:
-      throw new UsageError(`unknown command "${command}" (reclaim-table, reclaim, reboot, exec)`);
+      throw new UsageError(
+        `unknown command "${command}" (reclaim-table, reclaim, reboot, exec, fleet)`,
+      );
   }
 }
 
@@ -276,10 +293,33 @@ function execCommand(args: string[]): number {
   return report.failedExpectations > 0 ? 1 : 0;
 }
 
+function fleetCommand(args: string[]): number {
+  const { values, positionals } = parse(args, { json: { type: 'boolean' } }, true);
+  const [file, ...extra] = positionals;
+  if (file === undefined) throw new UsageError('fleet needs a FILE (JSON or YAML)');
+  if (extra.length > 0) throw new UsageError(`fleet takes one FILE, got ${positionals.length}`);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new UsageError(
+      `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
+  }
+  const input = fleetInput(parseFleetText(text, file));
+  const output = runFleet(input);
+  print(values.json === true, output, () => formatFleet(input, output));
+  return 0;
+}
+
 try {
   process.exitCode = main(process.argv.slice(2));
 } catch (error) {
-  if (error instanceof UsageError || error instanceof ScriptError) {
+  if (
+    error instanceof UsageError ||
+    error instanceof ScriptError ||
+    error instanceof FleetFileError
+  ) {
     process.stderr.write(`sim: ${error.message}\n`);
     process.exitCode = 2;
   } else {

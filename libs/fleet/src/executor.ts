@@ -2,6 +2,7 @@ import { type Errno, cloneHost } from '#tdx-sim';
 import {
   type EngineEvent,
   type EngineHost,
+  type Micros,
   type OperationRun,
   advanceInPlace,
   beginCleanup,
@@ -41,6 +42,16 @@ export interface ExecutorOptions {
   maxWaitMs: number;
   /** How often a host with such a step is looked at again. */
   pollMs: number;
+  /**
+   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): its
+   * simulated host and pending releases are changed in place instead of copied first.
+   */
+  inPlace?: boolean;
+  /**
+   * Simulate up to this virtual time (microseconds) rather than the one `nowMs` and `timeScale`
+   * give: the offline fleet engine's one virtual clock, exactly.
+   */
+  untilVirtual?: Micros;
 }
 
 /** A lifecycle change, for the event stream. */
@@ -109,7 +120,8 @@ function asRun(op: OperationRecord): OperationRun {
  */
 export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAdvance {
   const { nowMs, timeScale } = options;
-  const target = timeScale === 0 ? Infinity : hostTimeAt(doc, nowMs, timeScale);
+  const target =
+    options.untilVirtual ?? (timeScale === 0 ? Infinity : hostTimeAt(doc, nowMs, timeScale));
   const host: EngineHost = {
     sim: doc.sim,
     releases: doc.releases,
@@ -118,8 +130,10 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
   let ownSim = false;
   const own = (): void => {
     if (ownSim) return;
-    host.sim = cloneHost(host.sim);
-    host.releases = [...host.releases];
+    if (options.inPlace !== true) {
+      host.sim = cloneHost(host.sim);
+      host.releases = [...host.releases];
+    }
     ownSim = true;
   };
   const live = Object.values(doc.ops).sort((a, b) => a.arrival - b.arrival);

@@ -8,6 +8,7 @@ export * from './errors.js';
 export * from './executor.js';
 export * from './host-document.js';
 export * from './model.js';
+export * from './offline-engine.js';
 export * from './operations.js';
 export * from './placement.js';
 export * from './views.js';

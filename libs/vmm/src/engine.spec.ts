@@ -105,7 +105,13 @@ describe('operation engine', () => {
         releases: [],
         hkidLockFreeAt: 0,
       };
-      const { status } = advanceInPlace(run, engineHost, 0, { whenStuck, onFailure: 'stop' });
+      let status = advanceInPlace(run, engineHost, 0, { whenStuck, onFailure: 'stop' }).status;
+      while (status.kind === 'due') {
+        status = advanceInPlace(run, engineHost, status.at, {
+          whenStuck,
+          onFailure: 'stop',
+        }).status;
+      }
       const initVm = run.steps.find((s) => s.name === 'init-vm');
       assert.equal(initVm?.errno, 'ENOSPC');
       if (whenStuck === 'fail') {
