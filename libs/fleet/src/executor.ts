@@ -316,6 +316,8 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       // Steps that wait with nothing known to change: give up on them after maxWaitMs.
       const timedOut = timeOuts(live, options, mine);
       if (timedOut.length === 0) break;
+      // They give up now: at the virtual time the real time has reached.
+      if (Number.isFinite(target)) clock = Math.max(clock, target);
       for (const op of timedOut) {
         const run = asRun(op);
         const stuck = stuckStep(run);
@@ -396,7 +398,7 @@ function wakeOf(
   live: readonly OperationRecord[],
   options: ExecutorOptions,
 ): { nextAt: number | null; wakeAtMs: number | null } {
-  let next = nextReleaseAtDoc(doc);
+  let next = nextReleaseAt(doc);
   let stuck = false;
   let room = options.hostConcurrency;
   for (const op of live) if (op.state === 'running') room -= 1;
@@ -419,12 +421,6 @@ function wakeOf(
     nextAt: Number.isFinite(next) ? next : null,
     wakeAtMs: Number.isFinite(wake) ? wake : null,
   };
-}
-
-function nextReleaseAtDoc(doc: HostDocument): number {
-  let next = Infinity;
-  for (const r of doc.releases) if (r.at < next) next = r.at;
-  return next;
 }
 
 /** Sets an ended operation's state, result or error. */

@@ -261,7 +261,7 @@ export function settleDue(host: EngineHost, at: Micros): boolean {
 }
 
 /** The earliest virtual time at which something in flight returns to the host, or Infinity. */
-export function nextReleaseAt(host: EngineHost): Micros {
+export function nextReleaseAt(host: Pick<EngineHost, 'releases'>): Micros {
   let next = Infinity;
   for (const pending of host.releases) if (pending.at < next) next = pending.at;
   return next;
