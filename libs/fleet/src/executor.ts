@@ -189,23 +189,26 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       step.waitedMs = timeScale === 0 ? 0 : (step.waitedSeconds / timeScale) * 1000;
       event(op, 'job.step', e.at, { step: step.name });
     }
-    // Cleanup steps come from the engine without their real-time fields.
-    for (let i = 0; i < op.steps.length; i += 1) {
+    // Cleanup steps come from the engine without their real-time fields, at the end of the list.
+    for (let i = op.steps.length - 1; i >= 0; i -= 1) {
       const s = op.steps[i] as Partial<JobStep>;
-      if (s.wallMs === undefined) {
-        op.steps[i] = {
-          ...(s as JobStep),
-          wallMs: 0,
-          startedAtMs: null,
-          endsAtMs: null,
-          waitedMs: 0,
-        };
-      }
+      if (s.wallMs !== undefined) break;
+      op.steps[i] = {
+        ...(s as JobStep),
+        wallMs: 0,
+        startedAtMs: null,
+        endsAtMs: null,
+        waitedMs: 0,
+      };
     }
     return stepped;
   };
 
-  const running = (): number => live.filter((op) => op.state === 'running').length;
+  const running = (): number => {
+    let count = 0;
+    for (const op of live) if (op.state === 'running') count += 1;
+    return count;
+  };
   /** When the host next has something to do: the earliest of its operations and releases. */
   const nextEventAt = (from: number): number => {
     let next = nextReleaseAt(host);
@@ -259,21 +262,26 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
 
   /** Everything that happens at virtual time `at`, until nothing more does. */
   const processAt = (at: number): void => {
+    own();
     for (let progress = true; progress;) {
-      own();
-      progress = settleDue(host, at);
+      const returned = settleDue(host, at);
+      progress = returned;
+      // Arrived operations start in their order of arrival (`live` keeps it) while there is room.
       let room = options.hostConcurrency - running();
-      for (const candidate of [...live]) {
-        if (candidate.state !== 'queued' || candidate.arrivedAt > at || room <= 0) continue;
+      for (let k = 0; k < live.length && room > 0; k += 1) {
+        const candidate = live[k] as OperationRecord;
+        if (candidate.state !== 'queued' || candidate.arrivedAt > at) continue;
         start(mine(candidate), at);
         room -= 1;
         progress = true;
       }
-      for (const candidate of [...live]) {
+      const due: OperationRecord[] = [];
+      for (const candidate of live) {
         if (candidate.state !== 'running') continue;
         const cancelling = candidate.cancelRequested && candidate.cleanupReason === null;
-        const due = candidate.nextAt !== null && candidate.nextAt <= at;
-        if (!due && !(cancelling && candidate.nextAt === null)) continue;
+        if (candidate.nextAt === null ? cancelling : candidate.nextAt <= at) due.push(candidate);
+      }
+      for (const candidate of due) {
         const op = mine(candidate);
         const result = advanceInPlace(asRun(op), host, at, {
           whenStuck: 'wait',
@@ -292,17 +300,19 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
           op.nextAt = null;
         }
       }
-      if (progress) {
-        // Something changed at `at`: every step that waits for resources tries again.
-        for (const candidate of live) {
-          if (candidate.state !== 'running' || candidate.plan === null) continue;
-          if (
-            candidate.tracks.teardown.waitingFor !== 'resources' &&
-            candidate.tracks.boot.waitingFor !== 'resources'
-          )
-            continue;
-          const op = mine(candidate);
-          if (retryWaiting(asRun(op), at)) op.nextAt = at;
+      if (!progress) break;
+      // Resources come back only through releases: when some did, every step that waits for
+      // them tries again now; otherwise a release added meanwhile may come back sooner than a
+      // waiting step expected, and it tries again then.
+      const retryAt = returned ? at : nextReleaseAt(host);
+      if (!Number.isFinite(retryAt)) continue;
+      for (const candidate of live) {
+        if (candidate.state !== 'running' || candidate.plan === null) continue;
+        const { teardown, boot } = candidate.tracks;
+        if (teardown.waitingFor !== 'resources' && boot.waitingFor !== 'resources') continue;
+        const op = mine(candidate);
+        if (retryWaiting(asRun(op), retryAt)) {
+          op.nextAt = Math.min(op.nextAt ?? Infinity, retryAt);
         }
       }
     }

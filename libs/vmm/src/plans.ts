@@ -416,6 +416,18 @@ export function planBoot(shape: VmShape): Plan {
   };
 }
 
+/** Each kernel's part of a plan cache key, once per kernel object (a host keeps its own). */
+const kernelKeys = new WeakMap<KernelFeatures, string>();
+
+function kernelKey(kernel: KernelFeatures): string {
+  let key = kernelKeys.get(kernel);
+  if (key === undefined) {
+    key = kernelSwitchesText(kernel);
+    kernelKeys.set(kernel, key);
+  }
+  return key;
+}
+
 /**
  * A reboot plan. `cold`: the old VM's fds are closed while it is still RUNNABLE (every page by
  * Dynamic Page Removal) as the new VM boots beside it, needing its own HKID and memory.
@@ -433,7 +445,7 @@ export function planReboot(
   const deletesMemslots = strategy === 'reuse' && kernel.terminateVm === 'aug2025';
   // Keyed by every kernel switch, not only those the steps read today: a switch added later
   // cannot share steps built for another kernel.
-  const key = cacheKey(`reboot ${strategy} ${kernelSwitchesText(kernel)}`, shape, handles);
+  const key = cacheKey(`reboot ${strategy} ${kernelKey(kernel)}`, shape, handles);
   switch (strategy) {
     case 'cold':
       return {
