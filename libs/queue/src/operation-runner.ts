@@ -27,6 +27,9 @@ type StepResult =
   | { kind: 'conflict' }
   | { kind: 'sleep'; untilMs: number; commit: Committed | null };
 
+/** Finished operations a runner remembers (a few hundred kilobytes). */
+const FINISHED_HERE_LIMIT = 10_000;
+
 /** How operations run in this process. */
 export interface RunnerOptions {
   /** Virtual seconds per real second; 0 = no waiting. */
@@ -62,6 +65,12 @@ export class OperationRunner {
   >();
   /** Hosts whose commits are being drained. */
   private readonly draining = new Set<string>();
+  /**
+   * Operations that commits of this process finished, and how: a commit finishes every operation
+   * of its host that ends, and their jobs (often in this process) then need no read to know.
+   * The oldest are forgotten past {@link FINISHED_HERE_LIMIT}; the store still has them.
+   */
+  private readonly finishedHere = new Map<string, JobState>();
 
   constructor(
     private readonly store: FleetStore,
@@ -78,6 +87,8 @@ export class OperationRunner {
     observer?: RunObserver,
   ): Promise<RunOutcome> {
     for (;;) {
+      const ended = this.finishedHere.get(opId);
+      if (ended !== undefined) return { kind: 'finished', state: ended };
       const step = await this.advanceOnce(opId, hostId);
       if (step.kind === 'finished') {
         if (step.commit !== null) await observer?.committed(step.commit);
@@ -139,6 +150,14 @@ export class OperationRunner {
   }
 
   private async advanceBatch(hostId: string, opIds: readonly string[]): Promise<StepResult[]> {
+    // Operations a commit of this process finished while they waited to join: nothing to read.
+    if (opIds.every((id) => this.finishedHere.has(id))) {
+      return opIds.map((id) => ({
+        kind: 'finished',
+        state: this.finishedHere.get(id) ?? 'succeeded',
+        commit: null,
+      }));
+    }
     // First on the document this process already holds, with no round trip; when it is stale the
     // compare-and-set refuses and the batch runs again on a fresh read.
     const cached = this.store.cachedHost(hostId);
@@ -170,7 +189,9 @@ export class OperationRunner {
         opIds,
       );
     }
-    if (optimistic && opIds.some((id) => doc.ops[id] === undefined)) return null;
+    const unknown = (id: string): boolean =>
+      doc.ops[id] === undefined && !this.finishedHere.has(id);
+    if (optimistic && opIds.some(unknown)) return null;
     const advance = advanceHost(doc, {
       nowMs,
       timeScale: this.options.timeScale,
@@ -190,6 +211,7 @@ export class OperationRunner {
         return opIds.map(() => ({ kind: 'conflict' }));
       }
       this.onCommit({ hostId: doc.id, events: advance.events, finished: advance.finished });
+      for (const op of advance.finished) this.rememberFinished(op.id, op.state);
     }
     const wakeAtMs = advance.wakeAtMs ?? nowMs + this.options.pollMs;
     const results = opIds.map((opId): StepResult | null => {
@@ -205,6 +227,14 @@ export class OperationRunner {
     return this.lookUpFinished(results, opIds);
   }
 
+  private rememberFinished(opId: string, state: JobState): void {
+    this.finishedHere.set(opId, state);
+    if (this.finishedHere.size > FINISHED_HERE_LIMIT) {
+      const oldest = this.finishedHere.keys().next();
+      if (oldest.done !== true) this.finishedHere.delete(oldest.value);
+    }
+  }
+
   /** Fills in the operations that were no longer in the document with their stored end. */
   private async lookUpFinished(
     results: ReadonlyArray<StepResult | null>,
@@ -213,6 +243,8 @@ export class OperationRunner {
     return Promise.all(
       results.map(async (result, i) => {
         if (result !== null) return result;
+        const ended = this.finishedHere.get(opIds[i] ?? '');
+        if (ended !== undefined) return { kind: 'finished' as const, state: ended, commit: null };
         const stored = await this.store.getJob(opIds[i] ?? '');
         return { kind: 'finished' as const, state: stored?.state ?? 'cancelled', commit: null };
       }),
