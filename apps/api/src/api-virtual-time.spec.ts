@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import {
+  type OfflineHostSpec,
   type OfflineOperation,
   type OfflineOutput,
   type OfflineRequest,
@@ -146,7 +147,7 @@ interface LiveRow {
   name: string;
   /** The time scales it runs at. */
   scales: readonly ('0' | '1000')[];
-  host: { memoryGiB: number; hkids: number; packages: number; cpus: number; kernel: object };
+  host: Omit<OfflineHostSpec, 'id'>;
   vms: { id: string; vcpus: number; memoryGiB: number }[];
   ops: LiveOp[];
   /**
@@ -242,7 +243,7 @@ function offlineRow(row: LiveRow, hostId: string): OfflineOutput {
     });
   }
   return runFleet({
-    hosts: [{ id: hostId, ...row.host } as Parameters<typeof runFleet>[0]['hosts'][number]],
+    hosts: [{ id: hostId, ...row.host }],
     vms: row.vms.map((vm) => ({ ...vm, hostId })),
     requests,
   });
