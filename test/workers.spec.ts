@@ -260,12 +260,15 @@ async function runLimited(redisUrl: string): Promise<{
 }> {
   const prefix = 'limits';
   const env = {
-    TIME_SCALE: '2000',
+    // Slow enough that operations are seen running between commits: an operation arrives when it
+    // is submitted, and one whose job waited in the queue longer than its own virtual time would
+    // be done in the first commit.
+    TIME_SCALE: '200',
     WORKER_CONCURRENCY: '8',
     HOST_CONCURRENCY: '1',
     GLOBAL_CONCURRENCY: '2',
   };
-  const fleet = connectFleet(redisUrl, prefix, 2000);
+  const fleet = connectFleet(redisUrl, prefix, 200);
   const processes: WorkerProcess[] = [];
   const problems: string[] = [];
   let maxRunning = 0;
