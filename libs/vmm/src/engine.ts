@@ -141,6 +141,10 @@ export interface OperationRun {
   tracks: Record<Track, TrackCursor>;
   /** True once the boot track may run (after the plan's handoff step). */
   bootReleased: boolean;
+  /**
+   * The handles the run's steps bound. The plan's initial bindings (the old VM's fds) are read
+   * from the plan, never copied: a big VM has hundreds.
+   */
   bindings: Bindings;
   totals: RunTotals;
   /** Virtual time (of the host) at which it started. */
@@ -200,7 +204,7 @@ export function startRun(plan: Plan, at: Micros): OperationRun {
     steps: plan.steps.map(pendingStep),
     tracks: { teardown: cursor(), boot: cursor() },
     bootReleased: !plan.steps.some((s) => s.track === 'teardown'),
-    bindings: Object.assign({}, plan.initialBindings),
+    bindings: {},
     totals: {
       reclaimSeconds: 0,
       removalSeconds: 0,
@@ -304,7 +308,7 @@ export function advanceInPlace(
     const step = run.plan.steps[stepIndex] as PlanStep;
     const record = run.steps[stepIndex] as StepRecord;
     settleDue(host, at);
-    const calls = resolveStep(step, run.bindings);
+    const calls = resolveStep(step, run.bindings, run.plan.initialBindings);
     const result = applyCallsInPlace(host.sim, calls);
 
     if (result.failedAt !== null) {
@@ -503,8 +507,8 @@ export function beginCleanup(
     gmem: [] as string[],
     map: [] as string[],
   };
-  for (const name of Object.keys(run.bindings)) {
-    const value = run.bindings[name] as number;
+  const handles = [run.plan.initialBindings, run.bindings];
+  for (const [name, value] of handles.flatMap((table) => Object.entries(table))) {
     const kind = handleKind(name);
     if (kind === null) continue;
     if (kind === 'map') {

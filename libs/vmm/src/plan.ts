@@ -180,22 +180,31 @@ function isMap(table: HandleTable): table is ReadonlyMap<string, number> {
   return table instanceof Map;
 }
 
-function resolveArg(arg: Arg, bindings: HandleTable): number {
+function resolveArg(arg: Arg, bindings: HandleTable, initial: Bindings): number {
   if (typeof arg === 'number') return arg;
-  const value = isMap(bindings) ? bindings.get(arg.ref) : bindings[arg.ref];
+  const value = (isMap(bindings) ? bindings.get(arg.ref) : bindings[arg.ref]) ?? initial[arg.ref];
   if (value === undefined) throw new UnboundHandleError(arg.ref);
   return value;
 }
 
-/** The concrete calls of a step, with its handles replaced by the bound numbers. */
-export function resolveStep(step: PlanStep, bindings: HandleTable): SimCall[] {
+const NO_BINDINGS: Bindings = Object.freeze({});
+
+/**
+ * The concrete calls of a step, with its handles replaced by the bound numbers: those in
+ * `bindings`, else in `initial` (a plan's initial bindings, which a run reads but never copies).
+ */
+export function resolveStep(
+  step: PlanStep,
+  bindings: HandleTable,
+  initial: Bindings = NO_BINDINGS,
+): SimCall[] {
   return step.calls.map(({ call }) => {
     const resolved: Record<string, unknown> = {};
     for (const key in call) {
       const value = (call as Record<string, unknown>)[key];
       resolved[key] =
         typeof value === 'object' && value !== null && 'ref' in value
-          ? resolveArg(value as HandleRef, bindings)
+          ? resolveArg(value as HandleRef, bindings, initial)
           : value;
     }
     return resolved as SimCall;

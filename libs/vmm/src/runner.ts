@@ -97,10 +97,8 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
   const ok = run.cleanupReason === null;
   // The old VM's handles are all closed once a plan has succeeded: only the new ones are
   // returned then. A failed run returns everything, open or not.
-  const bindings: Bindings = {};
-  for (const name of Object.keys(run.bindings)) {
-    if (!ok || !name.startsWith('old.')) bindings[name] = run.bindings[name] as number;
-  }
+  // Steps bind the new VM's handles only (the old VM's come with the plan).
+  const bindings: Bindings = ok ? run.bindings : { ...plan.initialBindings, ...run.bindings };
   const result: PlanRun = { ok, state: host.sim, bindings, timeline, summary: summarize(run) };
   const failed = run.steps[failedIndex];
   if (!ok && failed?.errno !== undefined) {
