@@ -406,7 +406,7 @@ export function advanceInPlace(
       const done =
         handoff === null
           ? cursor.next >= trackSteps(run.plan, 'teardown').length
-          : stepIndex >= handoff;
+          : step.name === handoff;
       if (done) {
         run.bootReleased = true;
         run.tracks.boot.readyAt = end;

@@ -154,10 +154,11 @@ export interface Plan {
   intent: Intent;
   steps: PlanStep[];
   /**
-   * Index of the teardown step after which the boot track may start; null when the plan has
-   * only one track or the boot track must wait for the whole teardown.
+   * The teardown step after which the boot track may start (the new VM's process starts while
+   * the kernel still tears the old one down); null when the boot track waits for the whole
+   * teardown, or the plan has one track.
    */
-  handoff: number | null;
+  handoff: StepName | null;
   /** Handles the plan starts from (the running VM's fds for a reboot or terminate). */
   initialBindings: Bindings;
 }

@@ -455,7 +455,7 @@ export function planReboot(
           ...closeSteps(handles, true),
           ...bootSteps(shape, null),
         ]),
-        handoff: 0,
+        handoff: 'stop-vcpus',
         initialBindings,
       };
     case 'terminate':
@@ -467,7 +467,7 @@ export function planReboot(
           ...closeSteps(handles, true),
           ...bootSteps(shape, null),
         ]),
-        handoff: 1,
+        handoff: 'terminate-vm',
         initialBindings,
       };
     case 'reuse':
