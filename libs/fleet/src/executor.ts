@@ -43,8 +43,10 @@ export interface ExecutorOptions {
   /** How often a host with such a step is looked at again. */
   pollMs: number;
   /**
-   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): its
-   * simulated host and pending releases are changed in place instead of copied first.
+   * The caller gives `doc` up and keeps no other reference to it, nor to its operations and VMs
+   * (the offline fleet engine): the document, its simulated host, pending releases, operations
+   * and VM table are changed in place instead of copied first, and `doc` comes back as the
+   * advanced document. The results are the same as without.
    */
   inPlace?: boolean;
   /**
@@ -127,27 +129,29 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     releases: doc.releases,
     hkidLockFreeAt: doc.hkidLockFreeAt,
   };
-  let ownSim = false;
+  const inPlace = options.inPlace === true;
+  let ownSim = inPlace;
   const own = (): void => {
     if (ownSim) return;
-    if (options.inPlace !== true) {
-      host.sim = cloneHost(host.sim);
-      host.releases = [...host.releases];
-    }
+    host.sim = cloneHost(host.sim);
+    host.releases = [...host.releases];
     ownSim = true;
   };
   const live = Object.values(doc.ops).sort((a, b) => a.arrival - b.arrival);
+  let running = 0;
+  for (const op of live) if (op.state === 'running') running += 1;
+  // In place, an operation is its own copy: `touched` only records that it changed.
   const touched = new Map<string, OperationRecord>();
   const mine = (op: OperationRecord): OperationRecord => {
     let copy = touched.get(op.id);
     if (copy === undefined) {
-      copy = cloneOperation(op);
+      copy = inPlace ? op : cloneOperation(op);
       touched.set(op.id, copy);
-      live[live.indexOf(op)] = copy;
+      if (!inPlace) live[live.indexOf(op)] = copy;
     }
     return copy;
   };
-  let vms: Record<string, VmRecord> | null = null;
+  let vms: Record<string, VmRecord> | null = inPlace ? doc.vms : null;
   const finished: OperationRecord[] = [];
   const events: FleetEvent[] = [];
   // Real time of a virtual time, as the clock was paced when this advance began (now at most).
@@ -189,7 +193,10 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       step.waitedMs = timeScale === 0 ? 0 : (step.waitedSeconds / timeScale) * 1000;
       event(op, 'job.step', e.at, { step: step.name });
     }
-    // Cleanup steps come from the engine without their real-time fields.
+    // Cleanup steps come from the engine without their real-time fields; the engine appends
+    // them at the end, so the last step tells whether there are any to fill in.
+    const last = op.steps[op.steps.length - 1] as Partial<JobStep> | undefined;
+    if (last === undefined || last.wallMs !== undefined) return stepped;
     for (let i = 0; i < op.steps.length; i += 1) {
       const s = op.steps[i] as Partial<JobStep>;
       if (s.wallMs === undefined) {
@@ -205,11 +212,10 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     return stepped;
   };
 
-  const running = (): number => live.filter((op) => op.state === 'running').length;
   /** When the host next has something to do: the earliest of its operations and releases. */
   const nextEventAt = (from: number): number => {
     let next = nextReleaseAt(host);
-    let room = options.hostConcurrency - running();
+    let room = options.hostConcurrency - running;
     for (const op of live) {
       if (op.state === 'queued') {
         if (room > 0) next = Math.min(next, Math.max(op.arrivedAt, from));
@@ -234,6 +240,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     op.endsAt = at;
     op.runEndedAt = null;
     op.state = 'running';
+    running += 1;
     op.startedAtMs = realTime(at);
     op.nextAt = at;
     event(op, 'job.started', at);
@@ -251,6 +258,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     // The steps record what ran; the plan's calls are of no use any more, and the finished
     // record is kept for days.
     op.plan = null;
+    running -= 1;
     live.splice(live.indexOf(op), 1);
     finished.push(op);
     event(op, 'job.finished', at, { state: op.state });
@@ -262,7 +270,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     for (let progress = true; progress;) {
       own();
       progress = settleDue(host, at);
-      let room = options.hostConcurrency - running();
+      let room = options.hostConcurrency - running;
       for (const candidate of [...live]) {
         if (candidate.state !== 'queued' || candidate.arrivedAt > at || room <= 0) continue;
         start(mine(candidate), at);
@@ -353,19 +361,31 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
   if (!changed) {
     return { doc, changed, ops: [], finished, events, ...wakeOf(doc, live, options) };
   }
-  const ops: Record<string, OperationRecord> = {};
-  for (const op of live) ops[op.id] = op;
   const newClock = Number.isFinite(target) ? target : clock;
-  const next: HostDocument = {
-    ...doc,
-    sim: host.sim,
-    vms: vms ?? doc.vms,
-    ops,
-    releases: host.releases,
-    hkidLockFreeAt: host.hkidLockFreeAt,
-    clock: Math.max(doc.clock, newClock),
-    clockAtMs: nowMs,
-  };
+  let next: HostDocument;
+  if (inPlace) {
+    // The document is the caller's to give up: it becomes the advanced one.
+    for (const op of finished) delete doc.ops[op.id];
+    doc.sim = host.sim;
+    doc.releases = host.releases;
+    doc.hkidLockFreeAt = host.hkidLockFreeAt;
+    doc.clock = Math.max(doc.clock, newClock);
+    doc.clockAtMs = nowMs;
+    next = doc;
+  } else {
+    const ops: Record<string, OperationRecord> = {};
+    for (const op of live) ops[op.id] = op;
+    next = {
+      ...doc,
+      sim: host.sim,
+      vms: vms ?? doc.vms,
+      ops,
+      releases: host.releases,
+      hkidLockFreeAt: host.hkidLockFreeAt,
+      clock: Math.max(doc.clock, newClock),
+      clockAtMs: nowMs,
+    };
+  }
   return {
     doc: next,
     changed,

@@ -6,7 +6,6 @@ import {
   type RebootStrategy,
   type TerminateStrategy,
   type VmShape,
-  pendingStep,
   planBoot,
   planFor,
   shapeProblem,
@@ -357,7 +356,19 @@ export function requestCancel(
 
 /** A step of a plan that has not run yet. */
 export function pendingJobStep(step: PlanStep): JobStep {
-  return { ...pendingStep(step), wallMs: 0, startedAtMs: null, endsAtMs: null, waitedMs: 0 };
+  // Written out rather than spread from pendingStep: V8 builds a literal far faster.
+  return {
+    name: step.name,
+    track: step.track,
+    state: 'pending',
+    virtualSeconds: 0,
+    virtualStart: null,
+    waitedSeconds: 0,
+    wallMs: 0,
+    startedAtMs: null,
+    endsAtMs: null,
+    waitedMs: 0,
+  };
 }
 
 /**
