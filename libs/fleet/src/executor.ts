@@ -43,8 +43,10 @@ export interface ExecutorOptions {
   /** How often a host with such a step is looked at again. */
   pollMs: number;
   /**
-   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): its
-   * simulated host and pending releases are changed in place instead of copied first.
+   * The caller gives `doc` up and keeps no other reference to it, nor to its operations and VMs
+   * (the offline fleet engine): the document, its simulated host, pending releases, operations
+   * and VM table are changed in place instead of copied first, and `doc` comes back as the
+   * advanced document. The results are the same as without.
    */
   inPlace?: boolean;
   /**
@@ -127,27 +129,29 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     releases: doc.releases,
     hkidLockFreeAt: doc.hkidLockFreeAt,
   };
-  let ownSim = false;
+  const inPlace = options.inPlace === true;
+  let ownSim = inPlace;
   const own = (): void => {
     if (ownSim) return;
-    if (options.inPlace !== true) {
-      host.sim = cloneHost(host.sim);
-      host.releases = [...host.releases];
-    }
+    host.sim = cloneHost(host.sim);
+    host.releases = [...host.releases];
     ownSim = true;
   };
   const live = Object.values(doc.ops).sort((a, b) => a.arrival - b.arrival);
+  let running = 0;
+  for (const op of live) if (op.state === 'running') running += 1;
+  // In place, an operation is its own copy: `touched` only records that it changed.
   const touched = new Map<string, OperationRecord>();
   const mine = (op: OperationRecord): OperationRecord => {
     let copy = touched.get(op.id);
     if (copy === undefined) {
-      copy = cloneOperation(op);
+      copy = inPlace ? op : cloneOperation(op);
       touched.set(op.id, copy);
-      live[live.indexOf(op)] = copy;
+      if (!inPlace) live[live.indexOf(op)] = copy;
     }
     return copy;
   };
-  let vms: Record<string, VmRecord> | null = null;
+  let vms: Record<string, VmRecord> | null = inPlace ? doc.vms : null;
   const finished: OperationRecord[] = [];
   const events: FleetEvent[] = [];
   // Real time of a virtual time, as the clock was paced when this advance began (now at most).
@@ -204,15 +208,10 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     return stepped;
   };
 
-  const running = (): number => {
-    let count = 0;
-    for (const op of live) if (op.state === 'running') count += 1;
-    return count;
-  };
   /** When the host next has something to do: the earliest of its operations and releases. */
   const nextEventAt = (from: number): number => {
     let next = nextReleaseAt(host);
-    let room = options.hostConcurrency - running();
+    let room = options.hostConcurrency - running;
     for (const op of live) {
       if (op.state === 'queued') {
         if (room > 0) next = Math.min(next, Math.max(op.arrivedAt, from));
@@ -237,6 +236,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     op.endsAt = at;
     op.runEndedAt = null;
     op.state = 'running';
+    running += 1;
     op.startedAtMs = realTime(at);
     op.nextAt = at;
     event(op, 'job.started', at);
@@ -254,6 +254,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     // The steps record what ran; the plan's calls are of no use any more, and the finished
     // record is kept for days.
     op.plan = null;
+    running -= 1;
     live.splice(live.indexOf(op), 1);
     finished.push(op);
     event(op, 'job.finished', at, { state: op.state });
@@ -267,7 +268,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       const returned = settleDue(host, at);
       progress = returned;
       // Arrived operations start in their order of arrival (`live` keeps it) while there is room.
-      let room = options.hostConcurrency - running();
+      let room = options.hostConcurrency - running;
       for (let k = 0; k < live.length && room > 0; k += 1) {
         const candidate = live[k] as OperationRecord;
         if (candidate.state !== 'queued' || candidate.arrivedAt > at) continue;
@@ -365,19 +366,31 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
   if (!changed) {
     return { doc, changed, ops: [], finished, events, ...wakeOf(doc, live, options) };
   }
-  const ops: Record<string, OperationRecord> = {};
-  for (const op of live) ops[op.id] = op;
   const newClock = Number.isFinite(target) ? target : clock;
-  const next: HostDocument = {
-    ...doc,
-    sim: host.sim,
-    vms: vms ?? doc.vms,
-    ops,
-    releases: host.releases,
-    hkidLockFreeAt: host.hkidLockFreeAt,
-    clock: Math.max(doc.clock, newClock),
-    clockAtMs: nowMs,
-  };
+  let next: HostDocument;
+  if (inPlace) {
+    // The document is the caller's to give up: it becomes the advanced one.
+    for (const op of finished) delete doc.ops[op.id];
+    doc.sim = host.sim;
+    doc.releases = host.releases;
+    doc.hkidLockFreeAt = host.hkidLockFreeAt;
+    doc.clock = Math.max(doc.clock, newClock);
+    doc.clockAtMs = nowMs;
+    next = doc;
+  } else {
+    const ops: Record<string, OperationRecord> = {};
+    for (const op of live) ops[op.id] = op;
+    next = {
+      ...doc,
+      sim: host.sim,
+      vms: vms ?? doc.vms,
+      ops,
+      releases: host.releases,
+      hkidLockFreeAt: host.hkidLockFreeAt,
+      clock: Math.max(doc.clock, newClock),
+      clockAtMs: nowMs,
+    };
+  }
   return {
     doc: next,
     changed,

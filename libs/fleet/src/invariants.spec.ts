@@ -341,6 +341,9 @@ function runFleet(
         const advance = advanceHost(doc, at(now, run));
         assert.deepEqual(doc, before, `${where}: advanceHost leaves its input unchanged`);
         assert.deepEqual(advanceHost(doc, at(now, run)), advance, `${where}: deterministic`);
+        // In place (the offline engine's way) on a copy given up: the same advance.
+        const inPlace = advanceHost(structuredClone(doc), { ...at(now, run), inPlace: true });
+        assert.deepEqual(inPlace, advance, `${where}: in place, the same advance`);
         if (advance.changed) {
           store(i, advance.doc, where);
           finished.push(...advance.finished);

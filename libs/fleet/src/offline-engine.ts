@@ -729,6 +729,7 @@ export class OfflineFleet {
           memoryBytes,
           nowMs: toMs(t),
           timeScale: 1,
+          inPlace: true,
         });
         this.docs[hostIndex] = created.doc;
         this.vmHost.set(vmId, hostIndex);
@@ -744,6 +745,7 @@ export class OfflineFleet {
           strategy: strategy ?? defaultStrategy(action),
           nowMs: toMs(t),
           timeScale: 1,
+          inPlace: true,
         });
         this.docs[hostIndex] = submitted.doc;
         op = submitted.op;

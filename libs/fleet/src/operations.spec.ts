@@ -233,6 +233,30 @@ describe('submitOperation refusals', () => {
   });
 });
 
+describe('in place (the offline engine gives its document up)', () => {
+  it('createVm and submitOperation give the same document and operation as the pure calls', () => {
+    const { doc, nowMs } = hostWithVms(makeHost(V4_LINK), 2);
+    const boot = { vmId: 'vm3', opId: 'boot-vm3', nowMs, vcpus: 2, memoryBytes: GIB_BYTES };
+    const created = createVm(doc, boot);
+    const own = structuredClone(doc);
+    const createdInPlace = createVm(own, { ...boot, inPlace: true });
+    assert.equal(createdInPlace.doc, own);
+    assert.deepEqual(createdInPlace, created);
+
+    const reboot: OperationRequest = {
+      opId: 'reboot-vm1',
+      vmId: 'vm1',
+      action: 'reboot',
+      strategy: 'reuse',
+      nowMs,
+    };
+    const submitted = submitOperation(created.doc, reboot);
+    const submittedInPlace = submitOperation(own, { ...reboot, inPlace: true });
+    assert.equal(submittedInPlace.doc, own);
+    assert.deepEqual(submittedInPlace, submitted);
+  });
+});
+
 describe('createVm', () => {
   const ok = { vmId: 'vm1', opId: 'boot', nowMs: 0 };
 

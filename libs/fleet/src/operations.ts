@@ -176,6 +176,11 @@ export interface CreateVmRequest {
   timeScale?: number;
   idempotencyKey?: string | null;
   batchId?: string | null;
+  /**
+   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): the
+   * VM and operation are added to its tables in place, and `doc` comes back as the new document.
+   */
+  inPlace?: boolean;
 }
 
 /**
@@ -214,6 +219,12 @@ export function createVm(
     batchId: request.batchId ?? null,
   });
   vm.state = 'booting';
+  if (request.inPlace === true) {
+    doc.vms[vm.id] = vm;
+    doc.ops[op.id] = op;
+    doc.arrivals += 1;
+    return { doc, vm, op };
+  }
   return {
     doc: {
       ...doc,
@@ -237,6 +248,11 @@ export interface OperationRequest {
   timeScale?: number;
   idempotencyKey?: string | null;
   batchId?: string | null;
+  /**
+   * The caller gives `doc` up and keeps no other reference to it (the offline fleet engine): the
+   * VM and operation are added to its tables in place, and `doc` comes back as the new document.
+   */
+  inPlace?: boolean;
 }
 
 const LIFECYCLE_DURING: Record<Action, VmLifecycle> = {
@@ -302,6 +318,12 @@ export function submitOperation(
     state: LIFECYCLE_DURING[request.action],
     updatedAtMs: request.nowMs,
   };
+  if (request.inPlace === true) {
+    doc.vms[vm.id] = updated;
+    doc.ops[op.id] = op;
+    doc.arrivals += 1;
+    return { doc, op };
+  }
   return {
     doc: {
       ...doc,

@@ -18,6 +18,7 @@ import {
   createHost,
   settleAll,
   settleRelease,
+  settleReleaseInPlace,
 } from './host.js';
 import { type Ranges, countInside, countPages, subtractRanges, unionRanges } from './ranges.js';
 import type { HostState, VmState } from './state.js';
@@ -537,6 +538,12 @@ function runSteps(
         const settled = settleRelease(state, s.release);
         if (checked && !known) {
           assert.equal(settled, state, `${where}: unknown release changed the state`);
+        }
+        if (checked) {
+          // In place on a private copy: the same state.
+          const own = cloneHost(state);
+          settleReleaseInPlace(own, s.release);
+          assert.deepStrictEqual(own, settled, `${where}: settled in place differs`);
         }
         assert.ok(!settled.inFlight.some((r) => r.id === s.release), where);
         state = settled;

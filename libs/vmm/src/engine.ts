@@ -6,7 +6,7 @@ import {
   applyCallsInPlace,
   cloneHost,
   pagesToBytes,
-  settleRelease,
+  settleReleaseInPlace,
 } from '#tdx-sim';
 import {
   type Bindings,
@@ -250,13 +250,16 @@ export function trackSteps(plan: Plan, track: Track): number[] {
   return index.byTrack[track];
 }
 
-/** Returns to the host whatever is due by virtual time `at`; true if anything was. */
+/**
+ * Returns to the host whatever is due by virtual time `at`, in place (the caller owns `host`, as
+ * for {@link advanceInPlace}); true if anything was.
+ */
 export function settleDue(host: EngineHost, at: Micros): boolean {
   let settled = false;
   for (let i = 0; i < host.releases.length;) {
     const pending = host.releases[i] as PendingRelease;
     if (pending.at <= at) {
-      host.sim = settleRelease(host.sim, pending.release);
+      settleReleaseInPlace(host.sim, pending.release);
       host.releases.splice(i, 1);
       settled = true;
     } else i += 1;
