@@ -12,6 +12,7 @@ import {
   type OfflineVmSpec,
   type Strategy,
   OfflineFleet,
+  seededRandom,
 } from '#fleet';
 import { ALL_KERNELS, type KernelFeatures } from '#tdx-sim';
 import { REBOOT_STRATEGIES, type RebootStrategy, kernelRefusal } from '#vmm';
@@ -24,18 +25,6 @@ const SIZES = [
   { vcpus: 32, memoryGiB: 128, weight: 10 },
   { vcpus: 64, memoryGiB: 400, weight: 5 },
 ] as const;
-
-/** A small seeded generator (mulberry32): the same fleet for the same seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function allowedStrategies(kernel: KernelFeatures): RebootStrategy[] {
   return REBOOT_STRATEGIES.filter(
@@ -67,7 +56,7 @@ const seed = count(values.seed, 'seed', 1);
 
 // The fleet: VMs dealt to hosts in turn; each host big enough for its VMs plus four of its
 // largest side by side (a cold reboot boots the new VM before the old one is gone).
-const next = random(seed);
+const next = seededRandom(seed);
 const totalWeight = SIZES.reduce((sum, s) => sum + s.weight, 0);
 const vms: OfflineVmSpec[] = [];
 const perHost = Array.from({ length: hostCount }, () => ({ memoryGiB: 0, largest: 0, vms: 0 }));

@@ -269,19 +269,23 @@ function rebootCommand(args: string[]): number {
   return run.ok ? 0 : 1;
 }
 
-function execCommand(args: string[]): number {
-  const { values, positionals } = parse(args, { json: { type: 'boolean' } }, true);
-  const [file, ...extra] = positionals;
-  if (file === undefined) throw new UsageError('exec needs a script FILE');
-  if (extra.length > 0) throw new UsageError(`exec takes one FILE, got ${positionals.length}`);
-  let text: string;
+/** A command's input file, or a usage error that names it. */
+function readInput(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (error) {
     throw new UsageError(
       `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
     );
   }
+}
+
+function execCommand(args: string[]): number {
+  const { values, positionals } = parse(args, { json: { type: 'boolean' } }, true);
+  const [file, ...extra] = positionals;
+  if (file === undefined) throw new UsageError('exec needs a script FILE');
+  if (extra.length > 0) throw new UsageError(`exec takes one FILE, got ${positionals.length}`);
+  const text = readInput(file);
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -298,15 +302,7 @@ function fleetCommand(args: string[]): number {
   const [file, ...extra] = positionals;
   if (file === undefined) throw new UsageError('fleet needs a FILE (JSON or YAML)');
   if (extra.length > 0) throw new UsageError(`fleet takes one FILE, got ${positionals.length}`);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (error) {
-    throw new UsageError(
-      `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
-    );
-  }
-  const input = fleetInput(parseFleetText(text, file));
+  const input = fleetInput(parseFleetText(readInput(file), file));
   const output = runFleet(input);
   print(values.json === true, output, () => formatFleet(input, output));
   return 0;

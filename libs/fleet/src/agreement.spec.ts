@@ -43,6 +43,7 @@ import {
   runFleet,
 } from './offline-engine.js';
 import { createVm, requestCancel, submitOperation } from './operations.js';
+import { seededRandom } from './seeded-random.js';
 
 // ---------------------------------------------------------------------------------------------
 // What every engine reports of one operation.
@@ -108,18 +109,6 @@ function offlineRun(output: OfflineOutput): EngineRun {
 
 /** Something asked of a VM at a virtual time (seconds), as the offline engine takes requests. */
 type TimedRequest = OfflineRequest;
-
-/** A seeded random source in [0, 1): mulberry32. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** How the fake workers run a host. */
 interface DriveMode {
@@ -602,7 +591,7 @@ describe('agreement: every engine that can run a scenario gives the same per-ope
       if (runner !== null) assertSameRuns(runner, offline, 'runPlan');
       assertSameRuns(driveFleet(input, { timeScale: 0 }), offline, 'executor at TIME_SCALE=0');
       for (const seed of [1, 2]) {
-        const random = seeded(1000 * index + seed);
+        const random = seededRandom(1000 * index + seed);
         assertSameRuns(
           driveFleet(input, { timeScale: 1000, lateMs: 7, random }),
           offline,
@@ -679,7 +668,7 @@ describe('agreement: a batch of maxConcurrency 2 over 20 VMs', () => {
       assertSameRuns(offlineRun(runFleet(alone)), batch, 'offline, one by one');
       assertSameRuns(driveFleet(alone, { timeScale: 0 }), batch, 'executor at TIME_SCALE=0');
       assertSameRuns(
-        driveFleet(alone, { timeScale: 1000, lateMs: 7, random: seeded(7000 + index) }),
+        driveFleet(alone, { timeScale: 1000, lateMs: 7, random: seededRandom(7000 + index) }),
         batch,
         'executor at TIME_SCALE=1000, late wake-ups',
       );
@@ -771,7 +760,7 @@ describe('agreement: random fleets and requests', () => {
         const offline = offlineRun(output);
         assertSameRuns(driveFleet(input, { timeScale: 0 }), offline, 'executor at TIME_SCALE=0');
         assertSameRuns(
-          driveFleet(input, { timeScale: 1000, lateMs: 5, random: seeded(c.seed) }),
+          driveFleet(input, { timeScale: 1000, lateMs: 5, random: seededRandom(c.seed) }),
           offline,
           'executor at TIME_SCALE=1000, late wake-ups',
         );

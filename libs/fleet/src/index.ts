@@ -11,4 +11,5 @@ export * from './model.js';
 export * from './offline-engine.js';
 export * from './operations.js';
 export * from './placement.js';
+export * from './seeded-random.js';
 export * from './views.js';

@@ -149,10 +149,10 @@ export interface FleetSample {
   /** HKIDs held by VMs or being released. */
   hkidsInUse: number;
   /**
-   * HKIDs leaked: held by VMs whose fds are all closed (tdx-sim's zombies, kept alive only by
-   * mappings of their guest_memfds).
+   * HKIDs of zombies: held by VMs whose fds are all closed, kept alive only by mappings of their
+   * guest_memfds (not the HKIDs a failed KEY.FREEID leaks for good, which are not modelled yet).
    */
-  hkidsLeaked: number;
+  hkidsZombie: number;
   /** Operations running. */
   running: number;
   /** Operations queued: on their host, or (fleet-wide) waiting for global admission. */
@@ -224,16 +224,8 @@ interface BatchRun {
   finishedAt: number | null;
 }
 
-interface HostSample {
-  freeBytes: number;
-  privateBytes: number;
-  retainedBytes: number;
-  orphanedBytes: number;
-  hkidsInUse: number;
-  hkidsLeaked: number;
-  running: number;
-  waiting: number;
-}
+/** A host's sample: the fleet's sums are of these. */
+type HostSample = Omit<FleetSample, 't'>;
 
 const SAMPLE_KEYS = [
   'freeBytes',
@@ -241,7 +233,7 @@ const SAMPLE_KEYS = [
   'retainedBytes',
   'orphanedBytes',
   'hkidsInUse',
-  'hkidsLeaked',
+  'hkidsZombie',
   'running',
   'waiting',
 ] as const satisfies ReadonlyArray<keyof HostSample>;
@@ -1047,7 +1039,7 @@ function emptySample(): HostSample {
     retainedBytes: 0,
     orphanedBytes: 0,
     hkidsInUse: 0,
-    hkidsLeaked: 0,
+    hkidsZombie: 0,
     running: 0,
     waiting: 0,
   };
@@ -1069,7 +1061,7 @@ function hostSample(doc: HostDocument): HostSample {
     retainedBytes: memory.retained,
     orphanedBytes: memory.orphaned,
     hkidsInUse: hkids.total - hkids.free,
-    hkidsLeaked: hkids.zombies,
+    hkidsZombie: hkids.zombies,
     running,
     waiting,
   };

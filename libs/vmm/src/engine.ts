@@ -190,31 +190,34 @@ export interface Advanced {
   events: EngineEvent[];
 }
 
+/** A track's cursor before its first step, ready from virtual time `at`. */
+export function newCursor(at: Micros): TrackCursor {
+  return { next: 0, readyAt: at, waitingSince: null, waitingFor: null, yielded: false };
+}
+
+/** Totals before any step. */
+export function emptyTotals(): RunTotals {
+  return {
+    reclaimSeconds: 0,
+    removalSeconds: 0,
+    teardownSeconds: 0,
+    reclaimedPages: 0,
+    freedPages: 0,
+    reusedPages: 0,
+    allocatedPages: 0,
+    hkidReleasedAt: null,
+  };
+}
+
 /** A new run of `plan`, starting at virtual time `at`. */
 export function startRun(plan: Plan, at: Micros): OperationRun {
-  const cursor = (): TrackCursor => ({
-    next: 0,
-    readyAt: at,
-    waitingSince: null,
-    waitingFor: null,
-    yielded: false,
-  });
   return {
     plan,
     steps: plan.steps.map(pendingStep),
-    tracks: { teardown: cursor(), boot: cursor() },
+    tracks: { teardown: newCursor(at), boot: newCursor(at) },
     bootReleased: !plan.steps.some((s) => s.track === 'teardown'),
     bindings: {},
-    totals: {
-      reclaimSeconds: 0,
-      removalSeconds: 0,
-      teardownSeconds: 0,
-      reclaimedPages: 0,
-      freedPages: 0,
-      reusedPages: 0,
-      allocatedPages: 0,
-      hkidReleasedAt: null,
-    },
+    totals: emptyTotals(),
     startedAt: at,
     endsAt: at,
     runEndedAt: null,
