@@ -117,8 +117,8 @@ function asRun(op: OperationRecord): OperationRun {
  * the host's clock to the virtual time the real time gives at the time scale (at scale 0, to the
  * end of what can happen). Events are taken in virtual-time order: releases return, arrived
  * operations start in their order of arrival while the host has room, each operation's due steps
- * run through the engine, and a step that waits for resources tries again whenever something on
- * the host changes. Pure: `doc` is not changed.
+ * run through the engine, and a step that waits for resources tries again when a release comes
+ * back. Pure unless `options.inPlace`: then `doc` itself is advanced.
  */
 export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAdvance {
   const { nowMs, timeScale } = options;
