@@ -118,6 +118,50 @@ for (const timeScale of ['0', '1000']) {
         }
       });
     }
+
+    it('a storm on one host: each reboot counted once in the metrics, however jobs share commits', async () => {
+      // A worker advances every operation of a host, whichever job it holds: several reboots may
+      // end in one commit, and the jobs that find theirs finished must not count it again.
+      const hostId = 'h-storm';
+      await api.expect(
+        api.post('/v1/hosts', { id: hostId, memoryGiB: 64, hkids: 16, kernel: KERNEL }),
+        201,
+        hostViewSchema,
+      );
+      const ids = ['s1', 's2', 's3', 's4', 's5', 's6'];
+      for (const id of ids) {
+        const created = await api.expect(
+          api.post('/v1/vms', { id, hostId, vcpus: 2, memoryGiB: 2 }),
+          202,
+          vmAndJobSchema,
+        );
+        assert.equal((await api.waitForJob(created.job.id)).state, 'succeeded');
+      }
+      const counted = async (): Promise<number> => {
+        const text = String((await api.get('/metrics')).body);
+        const line = text
+          .split('\n')
+          .find((l) =>
+            l.startsWith(
+              'tdxfleet_operations_total{action="reboot",strategy="terminate",outcome="succeeded"}',
+            ),
+          );
+        return Number(line?.split(' ')[1] ?? 0);
+      };
+      const before = await counted();
+      const jobs = await Promise.all(
+        ids.map(async (id) => {
+          const { job } = await api.expect(
+            api.post(`/v1/vms/${id}/reboot`, { strategy: 'terminate' }),
+            202,
+            jobEnvelopeSchema,
+          );
+          return job.id;
+        }),
+      );
+      for (const jobId of jobs) assert.equal((await api.waitForJob(jobId)).state, 'succeeded');
+      assert.equal((await counted()) - before, ids.length);
+    });
   });
 }
 
