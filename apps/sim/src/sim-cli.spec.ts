@@ -176,6 +176,14 @@ describe('sim reboot', () => {
   it('rejects an unknown command with exit 2', () => {
     assert.equal(sim('frobnicate').status, 2);
   });
+
+  it("--help after a command prints that command's usage, exit 0", () => {
+    const { status, stdout, stderr } = sim('reboot', '--help');
+    assert.equal(status, 0);
+    assert.equal(stderr, '');
+    assert.match(stdout, /^usage: sim reboot --strategy /);
+    assert.ok(!stdout.includes('reclaim-table'), stdout);
+  });
 });
 
 describe('sim exec', () => {
