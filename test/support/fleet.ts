@@ -1,13 +1,6 @@
-import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  type HostDocument,
-  type JobState,
-  type OperationRecord,
-  hostView,
-  settleDue,
-} from '#fleet';
-import { FleetQueues, FleetService } from '#queue';
+import { type HostDocument, type JobState, type OperationRecord, hostView } from '#fleet';
+import { DEFAULT_ENVIRONMENT, FleetQueues, FleetService } from '#queue';
 import { findFreePort } from '#redis';
 import { FleetStore } from '#store';
 import { checkInvariants } from '#tdx-sim';
@@ -48,11 +41,7 @@ export function connectFleet(redisUrl: string, prefix: string, timeScale = 0): F
   const queueRedis = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const store = new FleetStore(storeRedis, prefix);
   const queues = new FleetQueues(queueRedis, store.keys.queuePrefix);
-  const service = new FleetService(store, queues, {
-    now: () => Date.now(),
-    newId: () => randomUUID(),
-    timeScale,
-  });
+  const service = new FleetService(store, queues, { ...DEFAULT_ENVIRONMENT, timeScale });
   return {
     store,
     queues,
@@ -167,8 +156,8 @@ export async function waitForJobs(
   }
 }
 
-/** A host's usage with every release whose time has passed returned, for comparisons. */
+/** A host's usage as its document holds it (at its clock), for comparisons. */
 export function settledUsage(doc: HostDocument, nowMs: number) {
-  const view = hostView(settleDue(doc, doc.clock), nowMs);
+  const view = hostView(doc, nowMs);
   return { memory: view.usage.memory, hkids: view.usage.hkids };
 }

@@ -209,18 +209,8 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
   };
 
   /** When the host next has something to do: the earliest of its operations and releases. */
-  const nextEventAt = (from: number): number => {
-    let next = nextReleaseAt(host);
-    let room = options.hostConcurrency - running;
-    for (const op of live) {
-      if (op.state === 'queued') {
-        if (room > 0) next = Math.min(next, Math.max(op.arrivedAt, from));
-        room -= 1;
-      } else if (op.nextAt !== null) next = Math.min(next, Math.max(op.nextAt, from));
-      else if (op.cancelRequested && op.cleanupReason === null) next = Math.min(next, from);
-    }
-    return next;
-  };
+  const nextEventAt = (from: number): number =>
+    nextEvent(live, host, options.hostConcurrency, from).at;
 
   const start = (op: OperationRecord, at: number): void => {
     const vm = (vms ?? doc.vms)[op.vmId];
@@ -415,23 +405,40 @@ function timeOuts(
   return due;
 }
 
+/**
+ * When the host next has something to do, from virtual time `from` on: a release comes back, an
+ * arrived operation can start (while the host has room, in order of arrival), a running one is
+ * due, or a stuck one has a cancel to act on. `stuck`: some running operation waits with nothing
+ * known to end its wait.
+ */
+function nextEvent(
+  live: readonly OperationRecord[],
+  host: Pick<EngineHost, 'releases'>,
+  hostConcurrency: number,
+  from: number,
+): { at: number; stuck: boolean } {
+  let at = nextReleaseAt(host);
+  let stuck = false;
+  let room = hostConcurrency;
+  for (const op of live) if (op.state === 'running') room -= 1;
+  for (const op of live) {
+    if (op.state === 'queued') {
+      if (room > 0) at = Math.min(at, Math.max(op.arrivedAt, from));
+      room -= 1;
+    } else if (op.nextAt !== null) at = Math.min(at, Math.max(op.nextAt, from));
+    else if (op.cancelRequested && op.cleanupReason === null) at = Math.min(at, from);
+    else stuck = true;
+  }
+  return { at, stuck };
+}
+
 /** When the host next has something to do (virtual), and when a worker should look (real). */
 function wakeOf(
   doc: HostDocument,
   live: readonly OperationRecord[],
   options: ExecutorOptions,
 ): { nextAt: number | null; wakeAtMs: number | null } {
-  let next = nextReleaseAt(doc);
-  let stuck = false;
-  let room = options.hostConcurrency;
-  for (const op of live) if (op.state === 'running') room -= 1;
-  for (const op of live) {
-    if (op.state === 'queued') {
-      if (room > 0) next = Math.min(next, op.arrivedAt);
-      room -= 1;
-    } else if (op.nextAt !== null) next = Math.min(next, op.nextAt);
-    else stuck = true;
-  }
+  const { at: next, stuck } = nextEvent(live, doc, options.hostConcurrency, doc.clock);
   const poll = stuck ? options.nowMs + options.pollMs : Infinity;
   const paced =
     Number.isFinite(next) && options.timeScale > 0

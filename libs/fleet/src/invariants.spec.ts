@@ -104,6 +104,9 @@ const runOptions: fc.Arbitrary<RunOptions> = fc.record({
 /** What must hold in every document the store could hold. */
 function checkDocument(doc: HostDocument, nowMs: number, where: string): void {
   assert.deepEqual(checkInvariants(doc.sim), [], `${where}: host invariants`);
+  for (const pending of doc.releases) {
+    assert.ok(pending.at > doc.clock, `${where}: a release due by the clock was returned`);
+  }
   for (const vm of Object.values(doc.vms)) {
     const label = `${where}: VM ${vm.id} (${vm.state})`;
     assert.equal(vm.hostId, doc.id);

@@ -160,7 +160,10 @@ export interface HostDocument {
   clockAtMs: number;
   /** Operations that have arrived so far: the next arrival's place. */
   arrivals: number;
-  /** Releases in flight and the virtual time at which they return to the host. */
+  /**
+   * Releases in flight and the virtual time at which they return to the host: all after `clock`
+   * (an advance returns what is due by the time it reaches).
+   */
   releases: PendingRelease[];
   /** The host-wide lock of HKID release (the kernel's global lock): free from this virtual time. */
   hkidLockFreeAt: Micros;

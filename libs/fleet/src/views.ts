@@ -7,7 +7,6 @@ import {
   memoryUsageBytes,
   pagesToBytes,
 } from '#tdx-sim';
-import { settleDue } from './host-document.js';
 import type {
   Action,
   HostDocument,
@@ -50,16 +49,16 @@ export interface HostView {
 }
 
 /**
- * The host as it was last simulated (at its clock: a worker wakes when the next release is due).
- * `_nowMs` is kept for callers that show hosts beside jobs at one real time.
+ * The host as it was last simulated, at its clock (what was due by then has come back: a worker
+ * wakes when the next release is due). `_nowMs` is kept for callers that show hosts beside jobs
+ * at one real time.
  */
 export function hostView(doc: HostDocument, _nowMs: number): HostView {
-  const current = settleDue(doc, doc.clock);
-  const config = current.sim.config;
-  const memory = memoryUsageBytes(current.sim);
-  const hkids = hkidUsage(current.sim);
+  const config = doc.sim.config;
+  const memory = memoryUsageBytes(doc.sim);
+  const hkids = hkidUsage(doc.sim);
   return {
-    id: current.id,
+    id: doc.id,
     capacity: {
       memoryBytes: config.memoryBytes,
       memoryGiB: config.memoryBytes / GIB_BYTES,
@@ -81,9 +80,9 @@ export function hostView(doc: HostDocument, _nowMs: number): HostView {
       },
       hkids: { used: hkids.total - hkids.free, total: hkids.total, zombies: hkids.zombies },
     },
-    vms: Object.values(current.vms).filter((vm) => vm.state !== 'terminated').length,
-    activeJobs: Object.keys(current.ops).length,
-    createdAt: new Date(current.createdAtMs).toISOString(),
+    vms: Object.values(doc.vms).filter((vm) => vm.state !== 'terminated').length,
+    activeJobs: Object.keys(doc.ops).length,
+    createdAt: new Date(doc.createdAtMs).toISOString(),
   };
 }
 

@@ -1,10 +1,4 @@
-import {
-  type FleetEvent,
-  type HostDocument,
-  type OperationRecord,
-  VM_LIFECYCLES,
-  settleDue,
-} from '#fleet';
+import { type FleetEvent, type HostDocument, type OperationRecord, VM_LIFECYCLES } from '#fleet';
 import { type Errno, type SimOp, hkidUsage, memoryUsageBytes } from '#tdx-sim';
 import { REBOOT_STRATEGIES, STEP_NAMES, STRATEGY_ACTIONS, strategiesOf } from '#vmm';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -165,7 +159,7 @@ export class FleetMetrics {
         if (docs === null) return;
         if (!hostLabel) this.set(0);
         for (const doc of docs) {
-          const usage = hkidUsage(settleDue(doc, doc.clock).sim);
+          const usage = hkidUsage(doc.sim);
           this.inc(withHost({}, doc.id), usage.total - usage.free);
         }
       },
@@ -209,7 +203,7 @@ export class FleetMetrics {
         if (docs === null) return;
         if (!hostLabel) for (const use of MEMORY_USES) this.set({ use }, 0);
         for (const doc of docs) {
-          const m = memoryUsageBytes(settleDue(doc, doc.clock).sim);
+          const m = memoryUsageBytes(doc.sim);
           const byUse: Record<(typeof MEMORY_USES)[number], number> = {
             free: m.free,
             guest_private: m.private,

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { Global, Inject, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '#config';
 import { LOGGER } from '#logging';
@@ -6,7 +5,7 @@ import { RedisConnection } from '#redis';
 import { FleetStore } from '#store';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { FleetService } from './fleet.service.js';
+import { DEFAULT_ENVIRONMENT, FleetService } from './fleet.service.js';
 import { FleetQueues } from './queues.js';
 
 /**
@@ -45,8 +44,7 @@ export class FleetConnections implements OnApplicationShutdown {
     this.queues.operations.on('error', logError('operations queue'));
     this.queues.batches.on('error', logError('batches queue'));
     this.service = new FleetService(this.store, this.queues, {
-      now: () => Date.now(),
-      newId: () => randomUUID(),
+      ...DEFAULT_ENVIRONMENT,
       timeScale: config.timeScale,
     });
   }

@@ -69,7 +69,8 @@ export interface ServiceEnvironment {
   timeScale: number;
 }
 
-const DEFAULT_ENVIRONMENT: ServiceEnvironment = {
+/** The real clock, random ids, and no pacing: what a service gets unless told otherwise. */
+export const DEFAULT_ENVIRONMENT: ServiceEnvironment = {
   now: () => Date.now(),
   newId: () => randomUUID(),
   timeScale: 0,

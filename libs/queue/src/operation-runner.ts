@@ -151,12 +151,9 @@ export class OperationRunner {
 
   private async advanceBatch(hostId: string, opIds: readonly string[]): Promise<StepResult[]> {
     // Operations a commit of this process finished while they waited to join: nothing to read.
-    if (opIds.every((id) => this.finishedHere.has(id))) {
-      return opIds.map((id) => ({
-        kind: 'finished',
-        state: this.finishedHere.get(id) ?? 'succeeded',
-        commit: null,
-      }));
+    const ended = opIds.map((id) => this.finishedHere.get(id));
+    if (ended.every((state): state is JobState => state !== undefined)) {
+      return ended.map((state) => ({ kind: 'finished', state, commit: null }));
     }
     // First on the document this process already holds, with no round trip; when it is stale the
     // compare-and-set refuses and the batch runs again on a fresh read.

@@ -95,9 +95,8 @@ export function runPlan(initial: HostState, plan: Plan): PlanRun {
     return entry;
   });
   const ok = run.cleanupReason === null;
-  // The old VM's handles are all closed once a plan has succeeded: only the new ones are
-  // returned then. A failed run returns everything, open or not.
-  // Steps bind the new VM's handles only (the old VM's come with the plan).
+  // The old VM's handles are all closed once a plan has succeeded: only the new ones (all that
+  // steps bind; the old come with the plan) are returned then. A failed run returns everything.
   const bindings: Bindings = ok ? run.bindings : { ...plan.initialBindings, ...run.bindings };
   const result: PlanRun = { ok, state: host.sim, bindings, timeline, summary: summarize(run) };
   const failed = run.steps[failedIndex];
