@@ -1,11 +1,11 @@
-// Type-aware lint for the whole monorepo. The pure libraries (tdx-sim, vmm) get extra rules:
-// no framework, Redis, queue or metrics imports, no I/O, and no hidden clock or randomness.
+// Type-aware lint for the whole monorepo. The pure libraries (tdx-sim, vmm, experiments) get extra
+// rules: no framework, Redis, queue or metrics imports, no I/O, and no hidden clock or randomness.
 import js from '@eslint/js';
 import prettier from 'eslint-config-prettier';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
-const pureLibraries = ['libs/tdx-sim/**/*.ts', 'libs/vmm/**/*.ts'];
+const pureLibraries = ['libs/tdx-sim/**/*.ts', 'libs/vmm/**/*.ts', 'libs/experiments/**/*.ts'];
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.data/**', 'coverage/**'] },
@@ -59,7 +59,7 @@ export default tseslint.config(
                 'child_process',
               ],
               message:
-                'libs/tdx-sim and libs/vmm are pure: no framework, Redis, queue, metrics or I/O imports.',
+                'libs/tdx-sim, libs/vmm and libs/experiments are pure: no framework, Redis, queue, metrics or I/O imports.',
             },
           ],
         },

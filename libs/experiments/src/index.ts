@@ -1,0 +1,8 @@
+/**
+ * experiments: load experiments over the offline fleet engine. Scenarios, the phases that pace
+ * their operations, the metrics, thresholds and statistics, and the result they give. Pure: no
+ * I/O, no clock, no hidden randomness; the command reads files, writes reports and talks to a
+ * daemon.
+ */
+export * from './metrics.js';
+export * from './result.js';
