@@ -6,3 +6,12 @@
  */
 export * from './metrics.js';
 export * from './result.js';
+export * from './experiment.js';
+export * from './fleet-builder.js';
+export * from './measure.js';
+export * from './phases.js';
+export * from './run-offline.js';
+export * from './scenario.js';
+export * from './stats.js';
+export * from './sweep.js';
+export * from './thresholds.js';

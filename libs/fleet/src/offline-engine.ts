@@ -80,6 +80,16 @@ export interface OfflineLimits {
   maxWaitSeconds?: number;
 }
 
+/**
+ * Told as operations end and requests are refused, at the virtual time they do; what it returns
+ * is issued then. A driver that reacts to ends (a rolling wave, a closed loop) goes here: the
+ * engine then never lets a host run ahead of an end that could send it more work.
+ */
+export interface OfflineListener {
+  ended(operation: OfflineOperation, at: number): readonly OfflineRequest[];
+  refused(refusal: OfflineRefusal): readonly OfflineRequest[];
+}
+
 /** Everything an offline run starts from. */
 export interface OfflineInput {
   hosts: readonly OfflineHostSpec[];
@@ -91,6 +101,7 @@ export interface OfflineInput {
   sampleEverySeconds?: number;
   /** Also a time series per host. Default false. */
   hostSeries?: boolean;
+  listener?: OfflineListener | null;
 }
 
 /** One operation of the run, as it ended (or as far as it got). Times in virtual seconds. */
@@ -361,6 +372,7 @@ export class OfflineFleet {
   private readonly fleetTotals: HostSample = emptySample();
   private readonly fleetSeries: FleetSample[] = [];
   private readonly hostSeries: FleetSample[][] | null;
+  private readonly listener: OfflineListener | null;
 
   private requests: OfflineRequest[] = [];
   private nextRequest = 0;
@@ -406,6 +418,7 @@ export class OfflineFleet {
     this.dirty = new Uint8Array(this.docs.length).fill(1);
     for (let i = 0; i < this.docs.length; i += 1) this.dirtyList.push(i);
     this.hostSeries = input.hostSeries === true ? this.docs.map(() => []) : null;
+    this.listener = input.listener ?? null;
     this.schedule(input.requests ?? [], input.batches ?? []);
   }
 
@@ -549,7 +562,7 @@ export class OfflineFleet {
 
   /** True while a finishing operation would let another be submitted at once. */
   private waitingForSlots(): boolean {
-    if (this.openBatches > 0) return true;
+    if (this.openBatches > 0 || this.listener !== null) return true;
     if (this.globalConcurrency === null) return false;
     this.skipCancelled();
     return this.globalHead < this.globalQueue.length;
@@ -621,6 +634,10 @@ export class OfflineFleet {
     const pending = this.pendingById.get(opId);
     this.pendingById.delete(opId);
     if (pending?.batch != null) this.batchSlotFreed(pending.batch, t);
+    const record = this.ops.get(opId);
+    if (this.listener !== null && record !== undefined) {
+      this.schedule(this.listener.ended(record, t));
+    }
   }
 
   private batchSlotFreed(batch: BatchRun, t: number): void {
@@ -799,7 +816,7 @@ export class OfflineFleet {
     batch: BatchRun | null,
     error: FleetError,
   ): void {
-    this.refusals.push({
+    const refusal: OfflineRefusal = {
       at: t,
       vmId,
       action,
@@ -807,7 +824,9 @@ export class OfflineFleet {
       batchId: batch?.id ?? null,
       code: error.code,
       message: error.message,
-    });
+    };
+    this.refusals.push(refusal);
+    if (this.listener !== null) this.schedule(this.listener.refused(refusal));
   }
 
   /** A cancel: the VM's operation stops (waiting for admission or queued: at once). */
@@ -835,6 +854,7 @@ export class OfflineFleet {
       this.active.delete(request.vmId);
       this.pendingById.delete(opId);
       if (pending.batch !== null) this.batchSlotFreed(pending.batch, t);
+      if (this.listener !== null) this.schedule(this.listener.ended(record, t));
       return;
     }
     const i = this.vmHost.get(request.vmId) as number;

@@ -1,0 +1,97 @@
+import type { KernelFeatures } from '#tdx-sim';
+import type { RebootStrategy } from '#vmm';
+import type { VariableValue } from './result.js';
+import { SWEEP_VARIABLES, type Scenario, type SweepVariable, type VmSize } from './scenario.js';
+
+// The variants of a scenario: every combination of its swept variables (the first variable
+// varying slowest), or one variant named `base` when nothing is swept.
+
+/** One combination of the swept variables, and what it changes. */
+export interface Variant {
+  name: string;
+  assignment: Record<string, VariableValue>;
+  /** Replaces every reboot phase's strategy. */
+  strategy: RebootStrategy | null;
+  /** Kernel switches set on every host group. */
+  kernel: Partial<KernelFeatures>;
+  /** Replaces every rolling phase's maxPerHost. */
+  maxPerHost: number | null;
+  /** Replaces the per-host limit (offline target). */
+  hostConcurrency: number | null;
+  /** Gives every VM group this one size. */
+  vmSize: VmSize | null;
+}
+
+/** The variant of a scenario that sweeps nothing. */
+export const BASE_VARIANT: Variant = {
+  name: 'base',
+  assignment: {},
+  strategy: null,
+  kernel: {},
+  maxPerHost: null,
+  hostConcurrency: null,
+  vmSize: null,
+};
+
+/** How a value reads in a variant's name: `32x107GiB` for a VM size. */
+function valueText(value: unknown): string {
+  if (typeof value === 'object' && value !== null && 'vcpus' in value && 'memoryGiB' in value) {
+    const size = value as VmSize;
+    return `${size.vcpus}x${size.memoryGiB}GiB`;
+  }
+  return String(value);
+}
+
+/** Every variant of the scenario, in a fixed order. */
+export function variantsOf(scenario: Scenario): Variant[] {
+  const swept = SWEEP_VARIABLES.filter((name) => scenario.sweep[name] !== undefined);
+  let variants: Variant[] = [BASE_VARIANT];
+  for (const variable of swept) {
+    const values = scenario.sweep[variable] as readonly unknown[];
+    variants = variants.flatMap((variant) =>
+      values.map((value) => assign(variant, variable, value)),
+    );
+  }
+  return variants.map((variant) => ({
+    ...variant,
+    name:
+      swept.length === 0
+        ? 'base'
+        : swept
+            .map((variable) => `${variable}=${valueText(variant.assignment[variable] ?? '')}`)
+            .join(' '),
+  }));
+}
+
+function assign(variant: Variant, variable: SweepVariable, value: unknown): Variant {
+  const next: Variant = {
+    ...variant,
+    assignment: { ...variant.assignment },
+    kernel: { ...variant.kernel },
+  };
+  switch (variable) {
+    case 'strategy':
+      next.strategy = value as RebootStrategy;
+      break;
+    case 'kernel.terminateVm':
+      next.kernel.terminateVm = value as KernelFeatures['terminateVm'];
+      break;
+    case 'kernel.linkGuestMemfd':
+      next.kernel.linkGuestMemfd = value as boolean;
+      break;
+    case 'kernel.privatePageSize':
+      next.kernel.privatePageSize = value as KernelFeatures['privatePageSize'];
+      break;
+    case 'maxPerHost':
+      next.maxPerHost = value as number;
+      break;
+    case 'hostConcurrency':
+      next.hostConcurrency = value as number;
+      break;
+    case 'vmSize':
+      next.vmSize = value as VmSize;
+      break;
+  }
+  next.assignment[variable] = variable === 'vmSize' ? valueText(value) : (value as VariableValue);
+  return next;
+}
