@@ -3,7 +3,7 @@ import { RESULT_SCHEMA } from './result.js';
 import { type RunProgress, resultOfRun, simulateRun } from './run-offline.js';
 import type { Scenario } from './scenario.js';
 import { estimateOf } from './stats.js';
-import { type Variant, variantsOf } from './sweep.js';
+import { type Variant, variantProblem, variantsOf } from './sweep.js';
 
 // A whole experiment on the offline engine: every variant of the sweep, each repeated with
 // seeds seed, seed + 1, ... (the same seeds for every variant, so that variants are compared on
@@ -46,7 +46,12 @@ export function runExperiment(
 ): ExperimentResult {
   const seed = options.seed ?? scenario.seed;
   const repeat = options.repeat ?? scenario.repeat;
-  const variants = options.variants ?? variantsOf(scenario);
+  const skipped: ExperimentResult['skipped'] = [];
+  const variants = (options.variants ?? variantsOf(scenario)).filter((variant) => {
+    const reason = variantProblem(scenario, variant);
+    if (reason !== null) skipped.push({ name: variant.name, reason });
+    return reason === null;
+  });
   const runs: RunResult[] = [];
   let aborted: ExperimentResult['aborted'] = null;
   const total = variants.length * repeat;
@@ -77,7 +82,7 @@ export function runExperiment(
       }
     }
   }
-  return assembleResult(variants, runs, aborted, {
+  return assembleResult(variants, runs, aborted, skipped, {
     ...provenance,
     scenarioDocument: scenario,
     seed,
@@ -92,6 +97,7 @@ export function assembleResult(
   variants: readonly Variant[],
   runs: readonly RunResult[],
   aborted: ExperimentResult['aborted'],
+  skipped: ExperimentResult['skipped'],
   provenance: Provenance,
 ): ExperimentResult {
   const variantResults: VariantResult[] = [];
@@ -122,6 +128,7 @@ export function assembleResult(
     runs: [...runs],
     passed: aborted === null && runs.every((r) => r.thresholds.every((t) => t.passed)),
     aborted,
+    skipped: [...skipped],
     agreement: null,
   };
 }

@@ -207,7 +207,8 @@ function fleetMetrics(run: RunRecord, phase: string | undefined): Record<string,
     headroom = Math.max(headroom, atStart.freeBytes - least);
   }
   const startSample = during[0];
-  const endSample = window(end, end)[0] ?? during[during.length - 1];
+  // The first sample at or after the end: what the phases left behind.
+  const endSample = samples.find((s) => s.t >= end) ?? samples[samples.length - 1];
   const memory = run.capacity.memoryBytes;
   const free = Number.isFinite(minFree) ? minFree : 0;
   return {

@@ -129,6 +129,7 @@ export class PhaseDriver {
   private roundRobin = 0;
   /** The phase of each arrival that found every VM it may use busy. */
   private readonly unservedArrivals: string[] = [];
+  private readonly boundaries: number[] = [];
 
   constructor(
     scenario: Scenario,
@@ -149,6 +150,11 @@ export class PhaseDriver {
   /** The phases that have started, with their span so far. */
   phaseSpans(): readonly PhaseSpan[] {
     return this.spans;
+  }
+
+  /** Times phases started or ended since the last call: where a target should sample. */
+  takeBoundaries(): number[] {
+    return this.boundaries.splice(0);
   }
 
   /** The phase of each arrival that found every VM it may use busy (not issued). */
@@ -256,6 +262,7 @@ export class PhaseDriver {
       exhausted: false,
     };
     this.current = running;
+    this.boundaries.push(t);
     this.roundRobin = 0;
     this.wave = null;
     this.arrivals = null;
@@ -304,6 +311,7 @@ export class PhaseDriver {
     if (phase === null || !phase.exhausted || phase.inFlight > 0) return;
     const span = this.spans[this.spans.length - 1] as PhaseSpan;
     span.endedAt = Math.max(phase.endedAt, t);
+    this.boundaries.push(span.endedAt);
     this.current = null;
     this.wave = null;
     this.arrivals = null;

@@ -145,6 +145,8 @@ export interface RunResult {
   capacity: { hosts: number; vms: number; memoryBytes: number; hkids: number };
   /** Threshold outcomes of this run. */
   thresholds: ThresholdOutcome[];
+  /** The scenario's published figures beside this run's. */
+  references: ReferenceOutcome[];
   /** Wall-clock seconds the run took (not part of the numbers; left out of offline bytes). */
   wallSeconds?: number;
 }
@@ -179,6 +181,19 @@ export interface ThresholdOutcome {
   abortOnFail: boolean;
 }
 
+/** A published figure beside the simulated one. */
+export interface ReferenceOutcome {
+  label: string;
+  metric: string;
+  /** The published figure. */
+  reference: number;
+  /** This run's. */
+  value: number;
+  /** (value - reference) / reference. */
+  relativeDifference: number;
+  source: string;
+}
+
 /** How live and offline differ on the same scenario (daemon target only). */
 export interface Agreement {
   metric: string;
@@ -198,6 +213,8 @@ export interface ExperimentResult {
   passed: boolean;
   /** Set when a threshold with abortOnFail failed and the remaining runs were skipped. */
   aborted: { run: string; threshold: string } | null;
+  /** Variants of the sweep that cannot run (a strategy a kernel refuses), and why. */
+  skipped: { name: string; reason: string }[];
   /** Daemon target: live against offline on the same scenario. */
   agreement: Agreement[] | null;
 }

@@ -20,7 +20,7 @@ import { type PhaseRequest, PhaseDriver } from './phases.js';
 import type { RunResult } from './result.js';
 import type { Scenario } from './scenario.js';
 import type { Variant } from './sweep.js';
-import { checkThresholds } from './thresholds.js';
+import { checkReferences, checkThresholds } from './thresholds.js';
 
 // One run of a scenario (one variant, one seed) on the offline fleet engine: the fleet is
 // booted, then the phase driver issues its operations from the engine's listener at the virtual
@@ -63,12 +63,16 @@ export function simulateRun(
   let booted = 0;
   let issued = 0;
 
-  const toEngine = (requests: readonly PhaseRequest[], at: number): OfflineRequest[] =>
-    requests.map((request) => {
+  // `engine` is set before the driver can issue anything (the listener runs inside it).
+  let engine: OfflineFleet | null = null;
+  const toEngine = (requests: readonly PhaseRequest[], at: number): OfflineRequest[] => {
+    for (const boundary of driver.takeBoundaries()) engine?.sampleAlsoAt(boundary);
+    return requests.map((request) => {
       issuedFor.set(request.vmId, request);
       issued += 1;
       return { at, action: request.action, vmId: request.vmId, strategy: request.strategy };
     });
+  };
   const bootDone = (at: number): OfflineRequest[] => {
     booted += 1;
     if (booted < fleet.vms.length) return [];
@@ -80,7 +84,7 @@ export function simulateRun(
     return toEngine(driver.start(at), at);
   };
 
-  const engine = new OfflineFleet({
+  engine = new OfflineFleet({
     hosts: fleet.hosts,
     vms: fleet.vms.map((vm) => ({
       id: vm.id,
@@ -145,18 +149,19 @@ export function simulateRun(
       },
     },
   });
-  if (fleet.vms.length === 0) engine.schedule(toEngine(driver.start(0), 0));
+  const fleetEngine = engine;
+  if (fleet.vms.length === 0) fleetEngine.schedule(toEngine(driver.start(0), 0));
 
   // The engine runs to the driver's next timer (or to its end); what ends meanwhile reaches
   // the driver through the listener, and may set a new timer.
   for (;;) {
     const next = driver.nextAt();
-    engine.run(next === null ? {} : { until: next });
+    fleetEngine.run(next === null ? {} : { until: next });
     if (next === null) {
       if (driver.nextAt() === null) break;
       continue;
     }
-    engine.schedule(toEngine(driver.tick(next), next));
+    fleetEngine.schedule(toEngine(driver.tick(next), next));
   }
   if (!driver.done) {
     throw new ExperimentError(
@@ -174,7 +179,8 @@ export function simulateRun(
       code: 'no_idle_vm',
     });
   }
-  const output = engine.output();
+  for (const boundary of driver.takeBoundaries()) fleetEngine.sampleAlsoAt(boundary);
+  const output = fleetEngine.output();
   return {
     operations,
     refusals,
@@ -248,5 +254,6 @@ export function resultOfRun(
     series: seriesColumns(record),
     capacity: record.capacity,
     thresholds: checkThresholds(record, scenario.thresholds),
+    references: checkReferences(record, scenario.references),
   };
 }

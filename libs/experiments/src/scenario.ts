@@ -143,6 +143,8 @@ const phase = z.discriminatedUnion('kind', [
 /** The variables a sweep can vary, each a list of values. */
 const sweep = z.strictObject({
   strategy: z.array(rebootStrategy).min(1).optional(),
+  /** Whole kernels (switches left out keep each host group's own). */
+  kernel: z.array(kernel.partial()).min(1).optional(),
   'kernel.terminateVm': z.array(kernel.shape.terminateVm.unwrap()).min(1).optional(),
   'kernel.linkGuestMemfd': z.array(kernel.shape.linkGuestMemfd.unwrap()).min(1).optional(),
   'kernel.privatePageSize': z.array(kernel.shape.privatePageSize.unwrap()).min(1).optional(),
@@ -162,6 +164,14 @@ const metric = z.enum(METRIC_NAMES as [MetricName, ...MetricName[]], {
   error: `expected a metric: ${METRIC_NAMES.join(', ')}`,
 });
 
+/** Narrows an operations metric to some operations; a fleet metric only by phase. */
+const filter = z.strictObject({
+  phase: name.optional(),
+  vmGroup: name.optional(),
+  action: z.enum(['reboot', 'terminate']).optional(),
+  strategy: z.enum(ALL_STRATEGIES).optional(),
+});
+
 const threshold = z
   .strictObject({
     metric,
@@ -170,20 +180,22 @@ const threshold = z
     /** ...or at least this. */
     min: z.number({ error: 'expected a number' }).optional(),
     /** Narrows an operations metric to some operations; a fleet metric only by phase. */
-    where: z
-      .strictObject({
-        phase: name.optional(),
-        vmGroup: name.optional(),
-        action: z.enum(['reboot', 'terminate']).optional(),
-        strategy: z.enum(ALL_STRATEGIES).optional(),
-      })
-      .optional(),
+    where: filter.optional(),
     /** Stop the remaining runs as soon as a run fails this threshold. */
     abortOnFail: z.boolean({ error: 'expected true or false' }).default(false),
   })
   .refine((t) => (t.max === undefined) !== (t.min === undefined), {
     error: 'give exactly one of max or min',
   });
+
+/** A published figure: what the metric should be, and where it comes from. */
+const reference = z.strictObject({
+  label: z.string().min(1),
+  metric,
+  where: filter.optional(),
+  value: z.number(),
+  source: z.string().default(''),
+});
 
 const scenario = z.strictObject({
   /** The schema this file is written against (optional; the JSON Schema's URL or name). */
@@ -210,6 +222,8 @@ const scenario = z.strictObject({
   phases: z.array(phase).min(1, { error: 'expected at least one phase' }),
   sweep: sweep.default({}),
   thresholds: z.array(threshold).default([]),
+  /** Published figures to show beside the simulated ones (the seed's table, say). */
+  references: z.array(reference).default([]),
   /** The grid of the time series, in virtual seconds. */
   sampleEverySeconds: positive.default(60),
 });
@@ -222,6 +236,7 @@ export type VmSize = z.output<typeof vmSize>;
 export type Phase = Scenario['phases'][number];
 export type PhaseKind = Phase['kind'];
 export type Threshold = Scenario['thresholds'][number];
+export type Reference = Scenario['references'][number];
 export type Sweep = Scenario['sweep'];
 
 /** `phases[1].maxPerHost` from a zod path. */
@@ -284,22 +299,24 @@ export function parseScenario(value: unknown): Scenario {
         throw new ScenarioError(`phases[${i}].vmGroups[${j}]: no VM group "${g}"`);
     });
   });
-  s.thresholds.forEach((t, i) => {
-    const where = t.where ?? {};
+  const checkFilter = (where: Threshold['where'], metricName: MetricName, field: string): void => {
+    if (where === undefined) return;
     if (where.phase !== undefined && !phases.has(where.phase)) {
-      throw new ScenarioError(`thresholds[${i}].where.phase: no phase "${where.phase}"`);
+      throw new ScenarioError(`${field}.where.phase: no phase "${where.phase}"`);
     }
     if (where.vmGroup !== undefined && !vmGroups.has(where.vmGroup)) {
-      throw new ScenarioError(`thresholds[${i}].where.vmGroup: no VM group "${where.vmGroup}"`);
+      throw new ScenarioError(`${field}.where.vmGroup: no VM group "${where.vmGroup}"`);
     }
     const narrowsOperations =
       where.vmGroup !== undefined || where.action !== undefined || where.strategy !== undefined;
-    if (narrowsOperations && METRICS[t.metric].over === 'fleet') {
+    if (narrowsOperations && METRICS[metricName].over === 'fleet') {
       throw new ScenarioError(
-        `thresholds[${i}].where: ${t.metric} is a fleet metric; it can be narrowed by phase only`,
+        `${field}.where: ${metricName} is a fleet metric; it can be narrowed by phase only`,
       );
     }
-  });
+  };
+  s.thresholds.forEach((t, i) => checkFilter(t.where, t.metric, `thresholds[${i}]`));
+  s.references.forEach((r, i) => checkFilter(r.where, r.metric, `references[${i}]`));
   return s;
 }
 

@@ -1,5 +1,5 @@
-import type { KernelFeatures } from '#tdx-sim';
-import type { RebootStrategy } from '#vmm';
+import { type KernelFeatures, kernelLabel } from '#tdx-sim';
+import { type RebootStrategy, runnableStrategies } from '#vmm';
 import type { VariableValue } from './result.js';
 import { SWEEP_VARIABLES, type Scenario, type SweepVariable, type VmSize } from './scenario.js';
 
@@ -39,6 +39,13 @@ function valueText(value: unknown): string {
     const size = value as VmSize;
     return `${size.vcpus}x${size.memoryGiB}GiB`;
   }
+  if (typeof value === 'object' && value !== null) {
+    // A kernel: its switches as name:value, joined by "+" so that the name stays one word.
+    const text = Object.entries(value)
+      .map(([k, v]) => `${k}:${String(v)}`)
+      .join('+');
+    return `{${text}}`;
+  }
   return String(value);
 }
 
@@ -73,6 +80,9 @@ function assign(variant: Variant, variable: SweepVariable, value: unknown): Vari
     case 'strategy':
       next.strategy = value as RebootStrategy;
       break;
+    case 'kernel':
+      next.kernel = { ...next.kernel, ...(value as Partial<KernelFeatures>) };
+      break;
     case 'kernel.terminateVm':
       next.kernel.terminateVm = value as KernelFeatures['terminateVm'];
       break;
@@ -94,4 +104,29 @@ function assign(variant: Variant, variable: SweepVariable, value: unknown): Vari
   }
   next.assignment[variable] = variable === 'vmSize' ? valueText(value) : (value as VariableValue);
   return next;
+}
+
+/**
+ * Why a variant cannot run, or null: a phase's strategy that some host's kernel refuses (reuse
+ * without KVM_LINK_GUEST_MEMFD, say). Such a variant is left out of a sweep and listed as
+ * skipped, rather than run as a storm of refusals.
+ */
+export function variantProblem(scenario: Scenario, variant: Variant): string | null {
+  for (const group of scenario.fleet.hosts) {
+    const kernel: KernelFeatures = { ...group.kernel, ...variant.kernel };
+    for (const phase of scenario.phases) {
+      const strategy =
+        phase.action === 'reboot' && variant.strategy !== null
+          ? variant.strategy
+          : (phase.strategy ?? (phase.action === 'reboot' ? 'cold' : 'close'));
+      const runnable: readonly string[] =
+        phase.action === 'reboot'
+          ? runnableStrategies('reboot', kernel)
+          : runnableStrategies('terminate', kernel);
+      if (!runnable.includes(strategy)) {
+        return `phase ${phase.name}: ${phase.action} ${strategy} does not run on host group ${group.name}'s kernel (${kernelLabel(kernel)})`;
+      }
+    }
+  }
+  return null;
 }

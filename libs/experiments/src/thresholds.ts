@@ -1,6 +1,6 @@
 import { metricValue, type RunRecord } from './measure.js';
-import type { ThresholdOutcome } from './result.js';
-import { type Threshold, thresholdLabel } from './scenario.js';
+import type { ReferenceOutcome, ThresholdOutcome } from './result.js';
+import { type Reference, type Threshold, thresholdLabel } from './scenario.js';
 
 /** Checks each threshold on a run; a metric with nothing to measure is 0, as its count is. */
 export function checkThresholds(
@@ -19,6 +19,29 @@ export function checkThresholds(
       bound,
       passed: bound === 'max' ? value <= limit : value >= limit,
       abortOnFail: threshold.abortOnFail,
+    };
+  });
+}
+
+/** Each published figure beside the run's value of its metric. */
+export function checkReferences(
+  run: RunRecord,
+  references: readonly Reference[],
+): ReferenceOutcome[] {
+  return references.map((reference) => {
+    const value = metricValue(run, reference.metric, reference.where ?? {});
+    return {
+      label: reference.label,
+      metric: reference.metric,
+      reference: reference.value,
+      value,
+      relativeDifference:
+        reference.value === 0
+          ? value === 0
+            ? 0
+            : Infinity
+          : (value - reference.value) / reference.value,
+      source: reference.source,
     };
   });
 }

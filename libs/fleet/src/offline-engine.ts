@@ -392,6 +392,10 @@ export class OfflineFleet {
   private opSeq = 0;
   private now = 0;
   private nextSampleAt = 0;
+  private gridSamples = 0;
+  /** Sample times asked for besides the grid, in order, and the next one not taken. */
+  private readonly extraSamples: number[] = [];
+  private nextExtra = 0;
   private makespan = 0;
   private hostAdvances = 0;
   private events = 0;
@@ -440,6 +444,20 @@ export class OfflineFleet {
     this.nextRequest = 0;
     this.batchSpecs = mergeByTime(this.batchSpecs.slice(this.nextBatch), batches);
     this.nextBatch = 0;
+  }
+
+  /**
+   * Also samples the fleet at `at` (not earlier than its time), besides the grid: the state
+   * once everything due at `at` has happened. A phase boundary, say, where a grid point could
+   * miss the state a metric starts from.
+   */
+  sampleAlsoAt(at: number): void {
+    if (!(at >= this.now)) {
+      throw new RangeError(`a sample at ${at} s is earlier than the fleet's time ${this.now} s`);
+    }
+    let i = this.extraSamples.length;
+    while (i > this.nextExtra && (this.extraSamples[i - 1] as number) > at) i -= 1;
+    this.extraSamples.splice(i, 0, at);
   }
 
   /** Simulates until nothing is left to do (or until `options.until`). */
@@ -570,7 +588,7 @@ export class OfflineFleet {
 
   /** The next virtual time at which something outside the hosts happens. */
   private horizon(): number {
-    let h = this.nextSampleAt;
+    let h = Math.min(this.nextSampleAt, this.extraSamples[this.nextExtra] ?? Infinity);
     const request = this.requests[this.nextRequest];
     if (request !== undefined && request.at < h) h = request.at;
     const batch = this.batchSpecs[this.nextBatch];
@@ -1007,9 +1025,11 @@ export class OfflineFleet {
 
   /** Records the samples of every grid point before `t` (the state after everything before). */
   private sampleBefore(t: number): void {
-    while (this.nextSampleAt < t) {
+    for (;;) {
+      const extra = this.extraSamples[this.nextExtra] ?? Infinity;
+      const at = Math.min(this.nextSampleAt, extra);
+      if (!(at < t)) return;
       this.refreshSamples();
-      const at = this.nextSampleAt;
       const fleet: FleetSample = { t: at, ...this.fleetTotals };
       fleet.waiting += this.waitingForAdmission();
       this.fleetSeries.push(fleet);
@@ -1018,7 +1038,11 @@ export class OfflineFleet {
           series.push({ t: at, ...(this.samples[i] as HostSample) }),
         );
       }
-      this.nextSampleAt = this.fleetSeries.length * this.sampleEvery;
+      if (at === this.nextSampleAt) {
+        this.gridSamples += 1;
+        this.nextSampleAt = this.gridSamples * this.sampleEvery;
+      }
+      while ((this.extraSamples[this.nextExtra] ?? Infinity) <= at) this.nextExtra += 1;
     }
   }
 
