@@ -6,3 +6,4 @@
  */
 export * from './metrics.js';
 export * from './result.js';
+export * from './stats.js';
