@@ -7,3 +7,4 @@
 export * from './metrics.js';
 export * from './result.js';
 export * from './stats.js';
+export * from './compare.js';
