@@ -40,6 +40,7 @@ function resultOf(
     runs: [],
     passed: true,
     aborted: null,
+    skipped: [],
     agreement: null,
   };
 }

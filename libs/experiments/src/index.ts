@@ -17,3 +17,4 @@ export * from './scenario.js';
 export * from './stats.js';
 export * from './sweep.js';
 export * from './thresholds.js';
+export * from './concurrency.js';

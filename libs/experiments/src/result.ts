@@ -164,7 +164,7 @@ export interface Estimate {
 export interface VariantResult {
   name: string;
   assignment: Record<string, VariableValue>;
-  /** Headline metrics over the repetitions. */
+  /** Every metric of the runs over the repetitions. */
   estimates: Record<string, Estimate>;
   passed: boolean;
 }

@@ -129,6 +129,8 @@ export function simulateRun(
           at,
         );
       },
+      nextWake: () => driver.nextAt(),
+      wake: (at: number) => toEngine(driver.tick(at), at),
       refused: (refusal: OfflineRefusal) => {
         if (refusal.action === 'boot') {
           bootFailures.push(`${refusal.vmId ?? '?'}: ${refusal.message}`);
@@ -152,17 +154,9 @@ export function simulateRun(
   const fleetEngine = engine;
   if (fleet.vms.length === 0) fleetEngine.schedule(toEngine(driver.start(0), 0));
 
-  // The engine runs to the driver's next timer (or to its end); what ends meanwhile reaches
-  // the driver through the listener, and may set a new timer.
-  for (;;) {
-    const next = driver.nextAt();
-    fleetEngine.run(next === null ? {} : { until: next });
-    if (next === null) {
-      if (driver.nextAt() === null) break;
-      continue;
-    }
-    fleetEngine.schedule(toEngine(driver.tick(next), next));
-  }
+  // The driver's timers (arrivals, a delayed phase) wake it through the listener too, so the
+  // whole run is one run of the engine.
+  fleetEngine.run();
   if (!driver.done) {
     throw new ExperimentError(
       `the phases did not end: ${issuedFor.size} operations never ended (first: ${[...issuedFor.keys()][0] ?? 'none'})`,

@@ -88,6 +88,10 @@ export interface OfflineLimits {
 export interface OfflineListener {
   ended(operation: OfflineOperation, at: number): readonly OfflineRequest[];
   refused(refusal: OfflineRefusal): readonly OfflineRequest[];
+  /** When it next wants to issue something on its own (an arrival), or null. */
+  nextWake(): number | null;
+  /** Its wake time has come: what it issues then (after what ended at `at`). */
+  wake(at: number): readonly OfflineRequest[];
 }
 
 /** Everything an offline run starts from. */
@@ -472,6 +476,7 @@ export class OfflineFleet {
       this.now = t;
       if (t > this.makespan) this.makespan = t;
       while (this.heap.peekTime() <= t) this.advance(this.heap.pop(), t, until);
+      this.wakeListener(t);
       this.takeRequests(t);
       this.startBatches(t);
       this.batchRounds(t);
@@ -536,6 +541,8 @@ export class OfflineFleet {
 
   private nextTime(): number {
     let t = this.heap.peekTime();
+    const wake = this.listener?.nextWake() ?? null;
+    if (wake !== null && wake < t) t = Math.max(wake, this.now);
     const request = this.requests[this.nextRequest];
     if (request !== undefined && request.at < t) t = request.at;
     const batch = this.batchSpecs[this.nextBatch];
@@ -576,6 +583,14 @@ export class OfflineFleet {
       this.finish(finished, finishedAt?.get(finished.id) ?? horizon);
     }
     this.reschedule(i, advance.nextAt === null ? null : toSeconds(advance.nextAt), horizon);
+  }
+
+  /** The listener's wake time has come: what it issues now. */
+  private wakeListener(t: number): void {
+    const listener = this.listener;
+    if (listener === null) return;
+    const wake = listener.nextWake();
+    if (wake !== null && wake <= t) this.schedule(listener.wake(t));
   }
 
   /** True while a finishing operation would let another be submitted at once. */
