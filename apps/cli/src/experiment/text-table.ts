@@ -28,10 +28,3 @@ export interface TextTable {
   /** The column that says pass or fail. */
   readonly verdictColumn?: number;
 }
-
-/** A cell as one line of plain text. */
-export function cellText(cell: TableCell): string {
-  if (typeof cell === 'string') return cell;
-  if ('code' in cell) return cell.code;
-  return `${cell.value} ${cell.interval}`;
-}
