@@ -41,6 +41,7 @@ function resultOf(
     passed: true,
     aborted: null,
     skipped: [],
+    kernelEffects: [],
     agreement: null,
   };
 }

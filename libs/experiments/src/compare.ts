@@ -81,7 +81,8 @@ const COMPARISON_ORDER: readonly MetricName[] = [
 ];
 
 /**
- * Compares result b with result a: variants are paired by name, and within a pair each metric
+ * Compares result b with result a: variants are paired by name (or, with one variant on each
+ * side, with each other whatever their names), and within a pair each metric
  * with an estimate on both sides. Deterministic: the same results and seed give the same
  * comparison, and each metric's draws depend only on the seed, the variant and the metric.
  */
@@ -96,6 +97,24 @@ export function compareResults(
   const namesOfA = new Set(a.variants.map((variant) => variant.name));
 
   const variants: VariantComparison[] = [];
+  const [onlyOfA, onlyOfB] = [a.variants[0], b.variants[0]];
+  if (a.variants.length === 1 && b.variants.length === 1 && onlyOfA && onlyOfB) {
+    // One variant each (two scenario files, say): they are the two things compared.
+    if (onlyOfA.name !== onlyOfB.name) {
+      notes.push(
+        `one variant each, compared whatever their names: ${onlyOfA.name} and ${onlyOfB.name}`,
+      );
+    }
+    variants.push(compareVariant(onlyOfA, { ...onlyOfB, name: onlyOfA.name }, seed, notes));
+    return {
+      a: comparedResult(a),
+      b: comparedResult(b),
+      seed,
+      variants,
+      unmatched: { onlyInA: [], onlyInB: [] },
+      notes,
+    };
+  }
   for (const variantOfA of a.variants) {
     const variantOfB = variantsOfB.get(variantOfA.name);
     if (variantOfB === undefined) continue;

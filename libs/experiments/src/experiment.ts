@@ -2,6 +2,7 @@ import type { ExperimentResult, Provenance, RunResult, VariantResult } from './r
 import { RESULT_SCHEMA } from './result.js';
 import { type RunProgress, resultOfRun, simulateRun } from './run-offline.js';
 import type { Scenario } from './scenario.js';
+import { kernelEffects } from './kernel-effects.js';
 import { estimateOf } from './stats.js';
 import { type Variant, variantProblem, variantsOf } from './sweep.js';
 
@@ -82,7 +83,7 @@ export function runExperiment(
       }
     }
   }
-  return assembleResult(variants, runs, aborted, skipped, {
+  return assembleResult(scenario, variants, runs, aborted, skipped, {
     ...provenance,
     scenarioDocument: scenario,
     seed,
@@ -94,6 +95,7 @@ export function runExperiment(
 
 /** The result of runs already made: variants' estimates and the verdict. */
 export function assembleResult(
+  scenario: Scenario,
   variants: readonly Variant[],
   runs: readonly RunResult[],
   aborted: ExperimentResult['aborted'],
@@ -129,6 +131,7 @@ export function assembleResult(
     passed: aborted === null && runs.every((r) => r.thresholds.every((t) => t.passed)),
     aborted,
     skipped: [...skipped],
+    kernelEffects: kernelEffects(scenario, variants, runs),
     agreement: null,
   };
 }

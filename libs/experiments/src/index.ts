@@ -8,6 +8,7 @@ export * from './builtins.js';
 export * from './compare.js';
 export * from './experiment.js';
 export * from './fleet-builder.js';
+export * from './kernel-effects.js';
 export * from './measure.js';
 export * from './metrics.js';
 export * from './phases.js';

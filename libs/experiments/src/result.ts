@@ -194,6 +194,24 @@ export interface ReferenceOutcome {
   source: string;
 }
 
+/** What one kernel switch changes, from one value to another, over the variant pairs seen. */
+export interface KernelEffect {
+  /**
+   * `same strategy`: variants that differ in the switch alone. `best strategy`: each kernel with
+   * the strategy of least p99 downtime it can run (a feature that enables a strategy shows here).
+   */
+  basis: 'same strategy' | 'best strategy';
+  switch: string;
+  from: string;
+  to: string;
+  /** Pairs of variants compared. */
+  pairs: number;
+  /** The strategies of the pairs, `from -> to`. */
+  strategies: string[];
+  /** Mean change (to minus from) of downtime.p99, makespan and memory.headroomBytes. */
+  change: Record<string, number>;
+}
+
 /** How live and offline differ on the same scenario (daemon target only). */
 export interface Agreement {
   metric: string;
@@ -215,6 +233,8 @@ export interface ExperimentResult {
   aborted: { run: string; threshold: string } | null;
   /** Variants of the sweep that cannot run (a strategy a kernel refuses), and why. */
   skipped: { name: string; reason: string }[];
+  /** What each kernel switch changes, when the sweep varies kernels (else empty). */
+  kernelEffects: KernelEffect[];
   /** Daemon target: live against offline on the same scenario. */
   agreement: Agreement[] | null;
 }

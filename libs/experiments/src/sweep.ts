@@ -1,4 +1,4 @@
-import { type KernelFeatures, kernelLabel } from '#tdx-sim';
+import { KERNEL_SWITCHES, type KernelFeatures, type KernelSwitchName, kernelLabel } from '#tdx-sim';
 import { type RebootStrategy, runnableStrategies } from '#vmm';
 import type { VariableValue } from './result.js';
 import { SWEEP_VARIABLES, type Scenario, type SweepVariable, type VmSize } from './scenario.js';
@@ -40,13 +40,20 @@ function valueText(value: unknown): string {
     return `${size.vcpus}x${size.memoryGiB}GiB`;
   }
   if (typeof value === 'object' && value !== null) {
-    // A kernel: its switches as name:value, joined by "+" so that the name stays one word.
-    const text = Object.entries(value)
-      .map(([k, v]) => `${k}:${String(v)}`)
-      .join('+');
-    return `{${text}}`;
+    // A kernel: its switches as short labels (terminate:v4,link:on,2M), one word in a name.
+    return Object.entries(value as Record<string, unknown>)
+      .map(([name, v]) => {
+        const label = isKernelSwitch(name) ? KERNEL_SWITCHES[name].label : name;
+        const shown = typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
+        return label === null ? shown : `${label}:${shown}`;
+      })
+      .join(',');
   }
   return String(value);
+}
+
+function isKernelSwitch(name: string): name is KernelSwitchName {
+  return Object.hasOwn(KERNEL_SWITCHES, name);
 }
 
 /** Every variant of the scenario, in a fixed order. */
@@ -102,7 +109,8 @@ function assign(variant: Variant, variable: SweepVariable, value: unknown): Vari
       next.vmSize = value as VmSize;
       break;
   }
-  next.assignment[variable] = variable === 'vmSize' ? valueText(value) : (value as VariableValue);
+  next.assignment[variable] =
+    variable === 'vmSize' || variable === 'kernel' ? valueText(value) : (value as VariableValue);
   return next;
 }
 

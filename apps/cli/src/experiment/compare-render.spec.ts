@@ -12,7 +12,7 @@ import {
   estimateOf,
 } from '#experiments';
 import { compareHtml, compareMarkdown, compareTable } from './compare-render.js';
-import { formatMetric, formatMetricChange, formatRelativeChange } from './compare-units.js';
+import { formatMetricChange, formatRelativeChange } from './format-units.js';
 
 const GIB = 1024 ** 3;
 
@@ -46,6 +46,8 @@ function resultOf(
     runs: [],
     passed: true,
     aborted: null,
+    skipped: [],
+    kernelEffects: [],
     agreement: null,
   };
 }
@@ -195,19 +197,7 @@ describe('compareHtml', () => {
   });
 });
 
-describe('formatMetric', () => {
-  it('reads each unit', () => {
-    assert.equal(formatMetric('downtime.p99', 12.345), '12.3 s');
-    assert.equal(formatMetric('downtime.p99', 0.25), '250 ms');
-    assert.equal(formatMetric('makespan', 3725), '3725 s');
-    assert.equal(formatMetric('memory.headroomBytes', 2.5 * GIB), '2.5 GiB');
-    assert.equal(formatMetric('memory.headroomBytes', 512 * 1024 ** 2), '512 MiB');
-    assert.equal(formatMetric('memory.free.minFraction', 0.125), '12.5%');
-    assert.equal(formatMetric('operations.failed', 3), '3');
-    assert.equal(formatMetric('operations.failed', 2.4), '2.4');
-    assert.equal(formatMetric('not.a.metric', 1.23456), '1.23');
-  });
-
+describe('changes', () => {
   it('signs changes, with fractions in percentage points', () => {
     assert.equal(formatMetricChange('downtime.p99', -1.5), '-1.5 s');
     assert.equal(formatMetricChange('memory.free.minFraction', 0.025), '+2.5 pp');

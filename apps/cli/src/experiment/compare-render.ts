@@ -1,7 +1,7 @@
 // A comparison of two experiment results as a terminal table, Markdown (for a pull request or an
 // issue) or a self-contained HTML page. The three show the same cells, built once here.
 import type { ComparedResult, Comparison, MetricComparison } from '#experiments';
-import { formatMetric, formatMetricChange, formatRelativeChange } from './compare-units.js';
+import { formatMetric, formatMetricChange, formatRelativeChange } from './format-units.js';
 
 interface Column {
   header: string;

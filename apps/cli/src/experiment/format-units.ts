@@ -87,3 +87,25 @@ export function formatMetric(name: string, value: number | null): string {
   if (unit === undefined) return Number.isFinite(value) ? String(value) : MISSING_VALUE;
   return FORMATTERS[unit](value);
 }
+
+/**
+ * A change of metric `name`, signed, e.g. `+1.5 s`, `-512 MiB`; a change of a fraction is in
+ * percentage points (`+2.5 pp`), since a percent of a percent would read as a relative change.
+ */
+export function formatMetricChange(name: string, change: number): string {
+  if (!Number.isFinite(change)) return MISSING_VALUE;
+  const sign = change > 0 ? '+' : change < 0 ? '-' : '';
+  const size = Math.abs(change);
+  const magnitude =
+    metricUnit(name) === 'fraction'
+      ? `${formatNumber(size * 100, 1)} pp`
+      : formatMetric(name, size);
+  return `${sign}${magnitude}`;
+}
+
+/** A relative change as a signed percent, e.g. `+12.5%`. */
+export function formatRelativeChange(relative: number): string {
+  if (!Number.isFinite(relative)) return MISSING_VALUE;
+  const sign = relative > 0 ? '+' : relative < 0 ? '-' : '';
+  return `${sign}${formatNumber(Math.abs(relative) * 100, 1)}%`;
+}

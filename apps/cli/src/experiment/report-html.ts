@@ -12,6 +12,9 @@ import { CHART_BOOTSTRAP_SCRIPT, ERROR_RECORDER_SCRIPT } from './report-page-scr
 import {
   abortSentence,
   agreementTable,
+  kernelEffectsTable,
+  referencesTable,
+  skippedTable,
   outcomeSentence,
   headlineGlossary,
   provenanceFacts,
@@ -203,6 +206,32 @@ export function renderReportHtml(result: ExperimentResult, chartLibrarySource: s
       body: htmlTable(thresholdsTable(result), 'The scenario sets no thresholds.'),
     },
   ];
+  if (result.runs.some((run) => run.references.length > 0)) {
+    sections.push({
+      id: 'references',
+      title: 'Published figures',
+      question:
+        'Does the simulation reproduce the published figures? The difference is relative to the published one.',
+      body: htmlTable(referencesTable(result), 'No figure.'),
+    });
+  }
+  if (result.kernelEffects.length > 0) {
+    sections.push({
+      id: 'kernel-effects',
+      title: 'What each kernel feature changes',
+      question:
+        'What does each kernel switch bring? The mean change between variants that differ in that switch alone (to minus from).',
+      body: htmlTable(kernelEffectsTable(result), 'No pair.'),
+    });
+  }
+  if (result.skipped.length > 0) {
+    sections.push({
+      id: 'skipped',
+      title: 'Skipped variants',
+      question: 'Which combinations of the sweep could not run, and why?',
+      body: htmlTable(skippedTable(result), 'None.'),
+    });
+  }
   if (result.agreement !== null) {
     sections.push({
       id: 'agreement',

@@ -16,6 +16,7 @@ import {
   formatCount,
   formatFraction,
   formatMetric,
+  formatMetricChange,
   formatSeconds,
   MISSING_VALUE,
 } from './format-units.js';
@@ -184,6 +185,64 @@ export function agreementTable(agreement: readonly Agreement[]): TextTable {
         `${row.relativeDifference > 0 ? '+' : ''}${formatFraction(row.relativeDifference)}`,
       ],
     })),
+  };
+}
+
+/** Published figures beside each run's (the seed's table, say). */
+export function referencesTable(result: ExperimentResult): TextTable {
+  return {
+    headers: ['Run', 'Figure', 'Metric', 'Published', 'Simulated', 'Difference', 'Source'],
+    numeric: [false, false, false, true, true, true, false],
+    rows: result.runs.flatMap((run) =>
+      run.references.map((reference) => ({
+        cells: [
+          code(runLabel(run)),
+          reference.label,
+          code(reference.metric),
+          formatMetric(reference.metric, reference.reference),
+          formatMetric(reference.metric, reference.value),
+          `${reference.relativeDifference > 0 ? '+' : ''}${formatFraction(reference.relativeDifference)}`,
+          reference.source,
+        ],
+      })),
+    ),
+  };
+}
+
+/** What each kernel switch changes (mean over the variant pairs that differ in it alone). */
+export function kernelEffectsTable(result: ExperimentResult): TextTable {
+  const metrics = ['downtime.p99', 'makespan', 'memory.headroomBytes'];
+  return {
+    headers: [
+      'Basis',
+      'Switch',
+      'From',
+      'To',
+      'Strategies',
+      'Pairs',
+      ...metrics.map((m) => `${m} change`),
+    ],
+    numeric: [false, false, false, false, false, true, ...metrics.map(() => true)],
+    rows: result.kernelEffects.map((effect) => ({
+      cells: [
+        effect.basis,
+        code(effect.switch),
+        effect.from,
+        effect.to,
+        effect.strategies.join(', '),
+        formatCount(effect.pairs),
+        ...metrics.map((metric) => formatMetricChange(metric, effect.change[metric] ?? 0)),
+      ],
+    })),
+  };
+}
+
+/** Variants of the sweep that did not run, and why. */
+export function skippedTable(result: ExperimentResult): TextTable {
+  return {
+    headers: ['Variant', 'Why it did not run'],
+    numeric: [false, false],
+    rows: result.skipped.map((skipped) => ({ cells: [code(skipped.name), skipped.reason] })),
   };
 }
 

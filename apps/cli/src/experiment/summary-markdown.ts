@@ -9,9 +9,12 @@ import {
   causesTable,
   groupsTable,
   headlineGlossary,
+  kernelEffectsTable,
   outcomeSentence,
   phasesTable,
   provenanceFacts,
+  referencesTable,
+  skippedTable,
   thresholdsTable,
   variantsTable,
 } from './report-tables.js';
@@ -47,6 +50,23 @@ export function renderSummaryMarkdown(result: ExperimentResult): string {
     '## Thresholds',
     markdownTable(thresholdsTable(result), 'The scenario sets no thresholds.'),
   ];
+  if (result.runs.some((run) => run.references.length > 0)) {
+    sections.push(
+      '## Published figures',
+      "The scenario's published figures beside this run's; the difference is relative to the published one.",
+      markdownTable(referencesTable(result), 'No figure.'),
+    );
+  }
+  if (result.kernelEffects.length > 0) {
+    sections.push(
+      '## What each kernel feature changes',
+      'Mean change between variants that differ in that switch alone (to minus from); negative is less.',
+      markdownTable(kernelEffectsTable(result), 'No pair.'),
+    );
+  }
+  if (result.skipped.length > 0) {
+    sections.push('## Skipped variants', markdownTable(skippedTable(result), 'None.'));
+  }
   if (result.agreement !== null) {
     sections.push(
       '## Live against offline',

@@ -306,6 +306,18 @@ function runOf(variant: string, strategy: string, repetition: number, runIndex: 
     series,
     capacity: { hosts: 8, vms: 300, memoryBytes: 8 * TIB, hkids: 512 },
     thresholds: thresholdsOf(metrics, groups),
+    references: cold
+      ? [
+          {
+            label: '4 vCPUs, 18 GiB: mainline',
+            metric: 'reclaim.p50',
+            reference: 72,
+            value: 70.9,
+            relativeDifference: (70.9 - 72) / 72,
+            source: 'the seed',
+          },
+        ]
+      : [],
   };
 }
 
@@ -359,6 +371,23 @@ export function buildResultFixture(options: ResultFixtureOptions = {}): Experime
     runs,
     passed: variants.every((variant) => variant.passed),
     aborted: null,
+    skipped: [
+      {
+        name: 'strategy=reuse kernel={linkGuestMemfd:false}',
+        reason: "phase storm: reboot reuse does not run on host group h's kernel",
+      },
+    ],
+    kernelEffects: [
+      {
+        basis: 'best strategy',
+        switch: 'terminateVm',
+        from: 'none',
+        to: 'v4',
+        pairs: 1,
+        strategies: ['cold -> terminate'],
+        change: { 'downtime.p99': -12.5, makespan: -300, 'memory.headroomBytes': 0 },
+      },
+    ],
     agreement: daemon
       ? [
           { metric: 'downtime.p99', live: 181.2, offline: 176.4, relativeDifference: 0.02721 },
