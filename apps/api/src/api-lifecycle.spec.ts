@@ -175,6 +175,13 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
       fraction: 1,
     });
     assert.ok(job.result !== undefined);
+    // Its times on its host's clock: it started on arrival (the host was idle) and ran its total.
+    assert.equal(job.virtualStartedAt, job.virtualArrivedAt);
+    assert.ok(job.virtualStartedAt !== null && job.virtualFinishedAt !== null);
+    assert.ok(
+      Math.abs(job.virtualFinishedAt - job.virtualStartedAt - job.result.totalSeconds) < 1e-6,
+      `${job.virtualStartedAt} to ${job.virtualFinishedAt}: ${job.result.totalSeconds} s`,
+    );
     assert.ok(job.result.reclaimSeconds > 0);
     assert.ok(job.result.downtimeSeconds > 0);
     assert.equal(job.result.bytesReused, 0);

@@ -7,6 +7,7 @@ import {
   memoryUsageBytes,
   pagesToBytes,
 } from '#tdx-sim';
+import { toSeconds } from '#vmm';
 import type {
   Action,
   HostDocument,
@@ -170,6 +171,14 @@ export interface JobView {
     errno?: string;
     cleanup?: boolean;
   }>;
+  /**
+   * Its host's virtual clock (seconds) when it arrived there, started and ended: an experiment
+   * puts them on its own clock. Start and end are null until they happen, and both stay null for
+   * a job cancelled before it started (it spent no virtual time on its host).
+   */
+  virtualArrivedAt: number;
+  virtualStartedAt: number | null;
+  virtualFinishedAt: number | null;
   result?: OperationResult;
   error?: OperationError;
   cancelRequested: boolean;
@@ -198,6 +207,7 @@ export function jobView(op: OperationRecord, nowMs: number): JobView {
     if (s.cleanup === true) view.cleanup = true;
     return view;
   });
+  const started = op.startedAtMs !== null;
   const counted = steps.filter((s) => s.state !== 'skipped');
   const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
   const view: JobView = {
@@ -213,6 +223,10 @@ export function jobView(op: OperationRecord, nowMs: number): JobView {
       fraction: counted.length === 0 ? (op.finishedAtMs === null ? 0 : 1) : done / counted.length,
     },
     steps,
+    virtualArrivedAt: toSeconds(op.arrivedAt),
+    virtualStartedAt: started ? toSeconds(op.startedAt) : null,
+    // A started operation ends when its last step does (the executor finishes it then).
+    virtualFinishedAt: started && op.finishedAtMs !== null ? toSeconds(op.endsAt) : null,
     cancelRequested: op.cancelRequested,
     batchId: op.batchId,
     createdAt: new Date(op.createdAtMs).toISOString(),
