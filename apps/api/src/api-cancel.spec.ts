@@ -67,6 +67,9 @@ describe('cancellation and busy VMs', () => {
       assert.equal(typeof job.virtualArrivedAt, 'number');
       assert.equal(job.virtualStartedAt, null);
       assert.equal(job.virtualFinishedAt, null);
+      const queued = await api.expect(api.get('/v1/hosts/h'), 200, hostViewSchema);
+      assert.equal(queued.queuedJobs, queued.activeJobs);
+      assert.equal(queued.runningJobs, 0);
 
       const cancelled = await api.expect(api.delete(`/v1/jobs/${job.id}`), 202, jobEnvelopeSchema);
       assert.equal(cancelled.job.state, 'cancelled');

@@ -198,7 +198,9 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     );
     assert.ok(afterwards.guestMemfds.every((g) => g.firstBootGeneration === 2));
 
-    const usage = (await host('host-mainline')).usage;
+    const idle = await host('host-mainline');
+    assert.deepEqual([idle.activeJobs, idle.runningJobs, idle.queuedJobs], [0, 0, 0]);
+    const usage = idle.usage;
     assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0 });
     assert.equal(usage.memory.privateBytes, 8 * GIB);
     assert.equal(usage.memory.retainedBytes, 0);

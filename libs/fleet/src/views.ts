@@ -46,6 +46,9 @@ export interface HostView {
   };
   vms: number;
   activeJobs: number;
+  /** Of its active jobs, those running and those queued on the host (waiting for a slot). */
+  runningJobs: number;
+  queuedJobs: number;
   createdAt: string;
 }
 
@@ -83,8 +86,19 @@ export function hostView(doc: HostDocument, _nowMs: number): HostView {
     },
     vms: Object.values(doc.vms).filter((vm) => vm.state !== 'terminated').length,
     activeJobs: Object.keys(doc.ops).length,
+    ...jobCounts(doc),
     createdAt: new Date(doc.createdAtMs).toISOString(),
   };
+}
+
+function jobCounts(doc: HostDocument): { runningJobs: number; queuedJobs: number } {
+  let runningJobs = 0;
+  let queuedJobs = 0;
+  for (const op of Object.values(doc.ops)) {
+    if (op.state === 'running') runningJobs += 1;
+    else if (op.state === 'queued') queuedJobs += 1;
+  }
+  return { runningJobs, queuedJobs };
 }
 
 /** A VM as the API shows it. */
