@@ -5,6 +5,7 @@ import { type TestApp } from '../../../test/support/http-app.js';
 import { startTestRedis, type TestRedis } from '../../../test/support/redis.js';
 import { batchViewSchema } from './batch.dto.js';
 import { hostListSchema, hostViewSchema } from './host.dto.js';
+import { daemonInfoSchema } from './info.dto.js';
 import { jobEnvelopeSchema, jobViewSchema } from './job.dto.js';
 import { ApiClient, assertError, startApiApp } from './testing/api-test-client.js';
 import { vmAndJobSchema, vmListSchema, vmViewSchema } from './vm.dto.js';
@@ -446,6 +447,16 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     assert.deepEqual(await list('state=terminated'), ['vm-v4 terminated']);
   });
 
+  it('tells the settings that time operations at /v1/info', async () => {
+    const info = await api.expect(api.get('/v1/info'), 200, daemonInfoSchema);
+    assert.deepEqual(info, {
+      timeScale: 0,
+      hostConcurrency: 4,
+      globalConcurrency: null,
+      stepWaitTimeoutMs: 600_000,
+    });
+  });
+
   it('documents every route with its schemas at /docs-json', async () => {
     const answer = await api.get('/docs-json');
     assert.equal(answer.status, 200);
@@ -475,6 +486,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
       ['/v1/batches', 'post', '202'],
       ['/v1/batches/{id}', 'get', '200'],
       ['/v1/events', 'get', '200'],
+      ['/v1/info', 'get', '200'],
     ];
     for (const [path, method, status] of expected) {
       const operation = document.paths[path]?.[method];
