@@ -18,7 +18,9 @@ import { toMicros, toSeconds } from '#vmm';
 import { DaemonClient, type DaemonJob, DaemonRefusal } from './daemon-client.js';
 import { FleetSampler } from './fleet-sampler.js';
 import { JobWatcher } from './job-watcher.js';
-import { RunClock, onRunClock } from './run-clock.js';
+import { measuredOperation } from './measured-job.js';
+import { RunClock } from './run-clock.js';
+import { terminateAll } from './run-cleanup.js';
 
 // One run of a scenario on a live daemon, through its HTTP API only: the live twin of the offline
 // target (`simulateRun`), giving the same RunRecord with the same meaning. The fleet is created
@@ -49,9 +51,6 @@ export interface DaemonRunOptions {
  * than this (and this often at TIME_SCALE 0).
  */
 const SAMPLE_FLOOR_MS = 250;
-/** How long cleaning up waits for the run's VMs to be terminated. */
-const CLEANUP_WAIT_MS = 120_000;
-const CLEANUP_POLL_MS = 100;
 /** Ids the API takes: letters, digits, ".", "_" and "-", starting with a letter or digit. */
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const MAX_ID_LENGTH = 100;
@@ -203,18 +202,11 @@ class DaemonRun {
     void this.sampler.stop();
   }
 
-  /**
-   * Terminates every VM of the run (a busy one's job cancelled first) and waits a while for
-   * them. The API deletes neither hosts nor VMs: the run's hosts, and its VMs as terminated,
-   * stay on the daemon under the run's prefix.
-   */
-  async cleanUp(): Promise<void> {
-    const jobs = await Promise.all(
-      this.fleet.vms.map((vm) => this.terminateForGood(this.prefix + vm.id)),
-    );
-    await this.waitEnded(
-      jobs.filter((id): id is string => id !== null),
-      performance.now() + CLEANUP_WAIT_MS,
+  /** Terminates what the run created (see `terminateAll`). */
+  cleanUp(): Promise<void> {
+    return terminateAll(
+      this.client,
+      this.fleet.vms.map((vm) => this.prefix + vm.id),
     );
   }
 
@@ -426,7 +418,13 @@ class DaemonRun {
     }
     const arrival = arrivedAt();
     this.follow(job.id, (ended) => {
-      const operation = this.measured(ended, request, vm, requestedAt, arrival);
+      const operation = measuredOperation(ended, {
+        request,
+        vm,
+        hostPrefix: this.prefix,
+        requestedAt,
+        arrivedAt: arrival,
+      });
       const t = operation.finishedAt ?? arrival;
       this.latestEnd = Math.max(this.latestEnd, t);
       this.hold({
@@ -439,53 +437,6 @@ class DaemonRun {
         refusal: null,
       });
     });
-  }
-
-  /** An ended job as the run measures it, on the run's clock and without the run's prefix. */
-  private measured(
-    job: DaemonJob,
-    request: PhaseRequest,
-    vm: FleetVm,
-    requestedAt: number,
-    arrivedAt: number,
-  ): MeasuredOperation {
-    const { startedAt, finishedAt } = onRunClock(arrivedAt, job);
-    return {
-      vmId: request.vmId,
-      hostId: job.hostId.startsWith(this.prefix)
-        ? job.hostId.slice(this.prefix.length)
-        : job.hostId,
-      phase: request.phase,
-      vmGroup: vm.group,
-      vcpus: vm.vcpus,
-      memoryGiB: vm.memoryGiB,
-      action: job.action,
-      strategy: job.strategy,
-      state: job.state,
-      requestedAt,
-      startedAt,
-      // A job cancelled before it started ended where it arrived.
-      finishedAt: finishedAt ?? arrivedAt,
-      result:
-        job.result === undefined
-          ? null
-          : {
-              downtimeSeconds: job.result.downtimeSeconds,
-              reclaimSeconds: job.result.reclaimSeconds,
-              hkidHeldSeconds: job.result.hkidHeldSeconds,
-            },
-      waits: job.steps
-        .filter((step) => step.waitedSeconds > 0)
-        .map((step) => ({
-          step: step.name,
-          errno: step.errno ?? null,
-          seconds: step.waitedSeconds,
-        })),
-      error:
-        job.error === undefined
-          ? null
-          : { code: job.error.code, step: job.error.step, errno: job.error.errno },
-    };
   }
 
   /** Keeps an end for the driver, in order of time, host, then arrival here. */
@@ -539,46 +490,6 @@ class DaemonRun {
 
   private throwIfFailed(): void {
     if (this.failure !== null) throw this.failure.error;
-  }
-
-  // ------------------------------------------------------------------------------------------
-  // Cleaning up.
-
-  /** Terminates a VM of the run; its job, or null when there is nothing to terminate. */
-  private async terminateForGood(vmId: string): Promise<string | null> {
-    for (let attempt = 0; attempt < 3; attempt += 1) {
-      try {
-        return (await this.client.submit(vmId, 'terminate', 'close')).id;
-      } catch (error) {
-        if (!(error instanceof DaemonRefusal)) throw error;
-        // Never created, or terminated already.
-        if (error.code === 'not_found' || error.code === 'vm_state_conflict') return null;
-        if (error.code !== 'vm_busy') throw error;
-        const busyWith = String(error.details['jobId']);
-        try {
-          await this.client.cancel(busyWith);
-        } catch (cancelError) {
-          // It ended meanwhile: the terminate goes through now.
-          if (!(cancelError instanceof DaemonRefusal) || cancelError.code !== 'job_finished') {
-            throw cancelError;
-          }
-        }
-        await this.waitEnded([busyWith], performance.now() + CLEANUP_WAIT_MS);
-      }
-    }
-    throw new ExperimentError(`VM ${vmId} stayed busy: it could not be terminated`);
-  }
-
-  /** Polls jobs until each has ended or `deadlineMs` (monotonic) has passed. */
-  private async waitEnded(jobIds: readonly string[], deadlineMs: number): Promise<void> {
-    let left = [...jobIds];
-    while (left.length > 0 && performance.now() < deadlineMs) {
-      const jobs = await Promise.all(left.map((id) => this.client.job(id)));
-      left = jobs
-        .filter((job) => job.state === 'queued' || job.state === 'running')
-        .map((j) => j.id);
-      if (left.length > 0) await new Promise((resolve) => setTimeout(resolve, CLEANUP_POLL_MS));
-    }
   }
 }
 
