@@ -172,7 +172,7 @@ describe('a scenario on a live daemon at TIME_SCALE=0: the offline run', () => {
           "known difference: the storm's requests reach a host one HTTP request at a time, and " +
           'at TIME_SCALE=0 a worker that takes the first runs the host to its end before the ' +
           'next arrives (or they arrive in another order), so they do not queue for the HKID ' +
-          'release lock as offline; in about half the runs',
+          'release lock as offline: 60 to 87% of runs on this fleet differ, by 2.6 or 5.2 s',
       },
       (t) => {
         const liveMetrics = runMetrics(live);
