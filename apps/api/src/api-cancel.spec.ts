@@ -63,11 +63,21 @@ describe('cancellation and busy VMs', () => {
       );
       assert.equal(vm.state, 'booting');
       assert.notEqual(await queues.operations.getJob(job.id), undefined);
+      // Queued: it has arrived on its host's clock, and neither started nor ended.
+      assert.equal(typeof job.virtualArrivedAt, 'number');
+      assert.equal(job.virtualStartedAt, null);
+      assert.equal(job.virtualFinishedAt, null);
+      const queued = await api.expect(api.get('/v1/hosts/h'), 200, hostViewSchema);
+      assert.equal(queued.queuedJobs, queued.activeJobs);
+      assert.equal(queued.runningJobs, 0);
 
       const cancelled = await api.expect(api.delete(`/v1/jobs/${job.id}`), 202, jobEnvelopeSchema);
       assert.equal(cancelled.job.state, 'cancelled');
       assert.equal(cancelled.job.error?.code, 'cancelled');
       assert.ok(cancelled.job.steps.every((s) => s.state === 'skipped'));
+      // It spent no virtual time on its host.
+      assert.equal(cancelled.job.virtualStartedAt, null);
+      assert.equal(cancelled.job.virtualFinishedAt, null);
       assert.equal((await api.waitForJob(job.id, () => true)).state, 'cancelled');
       assert.equal(await queues.operations.getJob(job.id), undefined);
 

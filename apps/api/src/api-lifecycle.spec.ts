@@ -5,6 +5,7 @@ import { type TestApp } from '../../../test/support/http-app.js';
 import { startTestRedis, type TestRedis } from '../../../test/support/redis.js';
 import { batchViewSchema } from './batch.dto.js';
 import { hostListSchema, hostViewSchema } from './host.dto.js';
+import { daemonInfoSchema } from './info.dto.js';
 import { jobEnvelopeSchema, jobViewSchema } from './job.dto.js';
 import { ApiClient, assertError, startApiApp } from './testing/api-test-client.js';
 import { vmAndJobSchema, vmListSchema, vmViewSchema } from './vm.dto.js';
@@ -175,6 +176,13 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
       fraction: 1,
     });
     assert.ok(job.result !== undefined);
+    // Its times on its host's clock: it started on arrival (the host was idle) and ran its total.
+    assert.equal(job.virtualStartedAt, job.virtualArrivedAt);
+    assert.ok(job.virtualStartedAt !== null && job.virtualFinishedAt !== null);
+    assert.ok(
+      Math.abs(job.virtualFinishedAt - job.virtualStartedAt - job.result.totalSeconds) < 1e-6,
+      `${job.virtualStartedAt} to ${job.virtualFinishedAt}: ${job.result.totalSeconds} s`,
+    );
     assert.ok(job.result.reclaimSeconds > 0);
     assert.ok(job.result.downtimeSeconds > 0);
     assert.equal(job.result.bytesReused, 0);
@@ -191,7 +199,9 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     );
     assert.ok(afterwards.guestMemfds.every((g) => g.firstBootGeneration === 2));
 
-    const usage = (await host('host-mainline')).usage;
+    const idle = await host('host-mainline');
+    assert.deepEqual([idle.activeJobs, idle.runningJobs, idle.queuedJobs], [0, 0, 0]);
+    const usage = idle.usage;
     assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0 });
     assert.equal(usage.memory.privateBytes, 8 * GIB);
     assert.equal(usage.memory.retainedBytes, 0);
@@ -437,6 +447,16 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     assert.deepEqual(await list('state=terminated'), ['vm-v4 terminated']);
   });
 
+  it('tells the settings that time operations at /v1/info', async () => {
+    const info = await api.expect(api.get('/v1/info'), 200, daemonInfoSchema);
+    assert.deepEqual(info, {
+      timeScale: 0,
+      hostConcurrency: 4,
+      globalConcurrency: null,
+      stepWaitTimeoutMs: 600_000,
+    });
+  });
+
   it('documents every route with its schemas at /docs-json', async () => {
     const answer = await api.get('/docs-json');
     assert.equal(answer.status, 200);
@@ -466,6 +486,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
       ['/v1/batches', 'post', '202'],
       ['/v1/batches/{id}', 'get', '200'],
       ['/v1/events', 'get', '200'],
+      ['/v1/info', 'get', '200'],
     ];
     for (const [path, method, status] of expected) {
       const operation = document.paths[path]?.[method];

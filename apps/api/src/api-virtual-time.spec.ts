@@ -399,6 +399,18 @@ for (const timeScale of ['0', '1000'] as const) {
           assert.equal(job.error?.code ?? null, expected.error?.code ?? null);
           const waited = waitedMicros(job.steps.map((s) => s.waitedSeconds));
           const expectedWaited = waitedMicros(expected.waits.map((w) => w.seconds));
+          // Its start and end from its arrival, on its host's clock: the offline engine's.
+          const arrived = expected.arrivedAt ?? 0;
+          near(
+            (job.virtualStartedAt ?? NaN) - job.virtualArrivedAt,
+            (expected.startedAt ?? NaN) - arrived,
+            `${op.vmId} start from arrival`,
+          );
+          near(
+            (job.virtualFinishedAt ?? NaN) - job.virtualArrivedAt,
+            (expected.finishedAt ?? NaN) - arrived,
+            `${op.vmId} end from arrival`,
+          );
           if (op.vmId === row.cancel?.vmId) {
             // Stopped at the same step boundary: the same steps, ending at the same time.
             const end = Math.max(...job.steps.map((s) => (s.virtualStart ?? 0) + s.virtualSeconds));

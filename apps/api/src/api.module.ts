@@ -11,12 +11,14 @@ import {
 } from './event-stream.service.js';
 import { EventsController } from './events.controller.js';
 import { HostsController } from './hosts.controller.js';
+import { InfoController } from './info.controller.js';
 import { JobsController } from './jobs.controller.js';
 import { VmsController } from './vms.controller.js';
 
 /**
- * The job API (`/v1`): hosts, VMs, jobs, batches, events. It queues jobs; whether they run in
- * this process depends on whether the app also has the workers (fleetd) or not (api).
+ * The job API (`/v1`): hosts, VMs, jobs, batches, events, and the settings that time them. It
+ * queues jobs; whether they run in this process depends on whether the app also has the workers
+ * (fleetd) or not (api).
  */
 @Module({
   imports: [FleetModule, MetricsModule, QueueDashboardModule],
@@ -26,6 +28,7 @@ import { VmsController } from './vms.controller.js';
     JobsController,
     BatchesController,
     EventsController,
+    InfoController,
   ],
   providers: [
     EventStreamService,

@@ -94,7 +94,12 @@ export const hostViewSchema = z.strictObject({
     }),
   }),
   vms: z.number().int().describe('VMs not terminated'),
-  activeJobs: z.number().int(),
+  activeJobs: z.number().int().describe('Jobs queued or running on the host'),
+  runningJobs: z.number().int().describe('Of the active jobs, those running'),
+  queuedJobs: z
+    .number()
+    .int()
+    .describe('Of the active jobs, those waiting on the host (for a slot or a worker)'),
   createdAt: timestampSchema,
 });
 export type HostViewDocumented = Documents<typeof hostViewSchema, HostView>;

@@ -44,6 +44,26 @@ export const jobViewSchema = z.strictObject({
       cleanup: z.boolean().optional().describe('Added to clean up after a cancel or a failure'),
     }),
   ),
+  virtualArrivedAt: z
+    .number()
+    .describe(
+      "Its host's virtual clock (seconds) when it arrived there: at once when submitted, at the " +
+        "host's current virtual time",
+    ),
+  virtualStartedAt: z
+    .number()
+    .nullable()
+    .describe(
+      "Its host's virtual clock when it started (it waits on the host while HOST_CONCURRENCY " +
+        'operations run); null until then, and for a job cancelled before it started',
+    ),
+  virtualFinishedAt: z
+    .number()
+    .nullable()
+    .describe(
+      "Its host's virtual clock when its last step ended; null until then, and for a job " +
+        'cancelled before it started',
+    ),
   result: z
     .strictObject({
       downtimeSeconds: z.number(),

@@ -7,6 +7,7 @@ import {
   memoryUsageBytes,
   pagesToBytes,
 } from '#tdx-sim';
+import { toSeconds } from '#vmm';
 import type {
   Action,
   HostDocument,
@@ -45,6 +46,9 @@ export interface HostView {
   };
   vms: number;
   activeJobs: number;
+  /** Of its active jobs, those running and those queued on the host (waiting for a slot). */
+  runningJobs: number;
+  queuedJobs: number;
   createdAt: string;
 }
 
@@ -82,8 +86,19 @@ export function hostView(doc: HostDocument, _nowMs: number): HostView {
     },
     vms: Object.values(doc.vms).filter((vm) => vm.state !== 'terminated').length,
     activeJobs: Object.keys(doc.ops).length,
+    ...jobCounts(doc),
     createdAt: new Date(doc.createdAtMs).toISOString(),
   };
+}
+
+function jobCounts(doc: HostDocument): { runningJobs: number; queuedJobs: number } {
+  let runningJobs = 0;
+  let queuedJobs = 0;
+  for (const op of Object.values(doc.ops)) {
+    if (op.state === 'running') runningJobs += 1;
+    else if (op.state === 'queued') queuedJobs += 1;
+  }
+  return { runningJobs, queuedJobs };
 }
 
 /** A VM as the API shows it. */
@@ -170,6 +185,14 @@ export interface JobView {
     errno?: string;
     cleanup?: boolean;
   }>;
+  /**
+   * Its host's virtual clock (seconds) when it arrived there, started and ended: an experiment
+   * puts them on its own clock. Start and end are null until they happen, and both stay null for
+   * a job cancelled before it started (it spent no virtual time on its host).
+   */
+  virtualArrivedAt: number;
+  virtualStartedAt: number | null;
+  virtualFinishedAt: number | null;
   result?: OperationResult;
   error?: OperationError;
   cancelRequested: boolean;
@@ -198,6 +221,7 @@ export function jobView(op: OperationRecord, nowMs: number): JobView {
     if (s.cleanup === true) view.cleanup = true;
     return view;
   });
+  const started = op.startedAtMs !== null;
   const counted = steps.filter((s) => s.state !== 'skipped');
   const done = counted.filter((s) => s.state === 'done' || s.state === 'failed').length;
   const view: JobView = {
@@ -213,6 +237,10 @@ export function jobView(op: OperationRecord, nowMs: number): JobView {
       fraction: counted.length === 0 ? (op.finishedAtMs === null ? 0 : 1) : done / counted.length,
     },
     steps,
+    virtualArrivedAt: toSeconds(op.arrivedAt),
+    virtualStartedAt: started ? toSeconds(op.startedAt) : null,
+    // A started operation ends when its last step does (the executor finishes it then).
+    virtualFinishedAt: started && op.finishedAtMs !== null ? toSeconds(op.endsAt) : null,
     cancelRequested: op.cancelRequested,
     batchId: op.batchId,
     createdAt: new Date(op.createdAtMs).toISOString(),
