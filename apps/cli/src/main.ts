@@ -6,13 +6,19 @@
 // keep one line on stderr and exit 2. Exit codes are the command's; 2 for bad arguments here.
 import { readFileSync } from 'node:fs';
 import { SIM_COMMAND_NAMES, runSim } from '../../sim/src/sim-command.js';
+import { runExperimentCommand } from './experiment/experiment-command.js';
 
 /** The commands, declared once: dispatch, usage and the error messages derive from them. */
 const COMMANDS = {
   sim: {
     usage: 'sim <command> [options]',
     about: `the simulator on one host or an offline fleet: ${SIM_COMMAND_NAMES.join(', ')}`,
-    run: (args: string[]) => runSim(args, 'tdx-fleet sim'),
+    run: (args: string[]) => Promise.resolve(runSim(args, 'tdx-fleet sim')),
+  },
+  experiment: {
+    usage: 'experiment <run|list|show|schema|compare|concurrency> [options]',
+    about: 'load experiments on the offline engine or a live daemon, with reports',
+    run: (args: string[]) => runExperimentCommand(args, 'tdx-fleet experiment'),
   },
 } as const;
 
@@ -45,7 +51,7 @@ function packageVersion(): string {
   return manifest.version;
 }
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   const names = COMMAND_NAMES.join(', ');
   switch (command) {
@@ -61,14 +67,20 @@ function main(argv: string[]): number {
       process.stdout.write(`${packageVersion()}\n`);
       return 0;
     default:
-      if (isCommand(command)) return COMMANDS[command].run(rest);
+      if (isCommand(command)) return await COMMANDS[command].run(rest);
       if (command.startsWith('-')) throw new UsageError(`unknown option "${command}" (try --help)`);
       throw new UsageError(`unknown command "${command}" (${names}; try --help)`);
   }
 }
 
+// Output piped into a reader that stops early (`| head`) ends the command quietly, as Unix tools do.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  process.exit(process.exitCode ?? 0);
+});
+
 try {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
   if (!(error instanceof UsageError)) throw error;
   process.stderr.write(`tdx-fleet: ${error.message}\n`);
