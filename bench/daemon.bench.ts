@@ -11,6 +11,7 @@
 // is the median of each round's ratio, so one noisy phase does not decide it. (b') runs
 // `--rounds` times after them.
 //   npm run -s bench:daemon -- [--json] [--rounds N] [--jobs N] [--vms-per-host N] [--api-seconds S]
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,7 +42,12 @@ import { pino } from 'pino';
 import { spawnService, waitForStatus } from '../test/support/service-process.js';
 
 const GIB = 1024 ** 3;
-const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
+const KERNEL = {
+  ...MAINLINE_KERNEL,
+  terminateVm: 'aug2025',
+  linkGuestMemfd: true,
+  privatePageSize: '2M',
+} as const;
 /** Every strategy runs on {@link KERNEL}: reboots take them in turn. */
 const STRATEGIES = REBOOT_STRATEGIES;
 /** The daemon's defaults, so both measurements run with the same concurrency as `npm start`. */

@@ -4,7 +4,7 @@
 //   npm run -s bench:sim -- [--json] [--runs N]
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { createHost, makeHostConfig } from '#tdx-sim';
+import { createHost, makeHostConfig, MAINLINE_KERNEL } from '#tdx-sim';
 import {
   type Intent,
   type PlanRun,
@@ -26,7 +26,12 @@ const LIFECYCLE: Intent[] = [
 ];
 
 function lifecycle(vcpus: number, memoryGiB: number): void {
-  const kernel = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '4K' } as const;
+  const kernel = {
+    ...MAINLINE_KERNEL,
+    terminateVm: 'aug2025',
+    linkGuestMemfd: true,
+    privatePageSize: '4K',
+  } as const;
   const shape = shapeOfGiB(vcpus, memoryGiB);
   const host = createHost(makeHostConfig({ memoryGiB: 2 * memoryGiB + 8, kernel }));
   const planned = planFor({ action: 'boot' }, kernel, shape);

@@ -1,6 +1,7 @@
 // A worker process that dies (SIGKILL) or stops (SIGTERM) in the middle of a reboot: the job
 // completes on another worker, every step applied exactly once, and the VM and its host end as a
 // reboot without a crash leaves them.
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -36,7 +37,7 @@ const HOST: HostSpec = {
   hkids: 16,
   packages: 2,
   cpus: 64,
-  kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+  kernel: { ...MAINLINE_KERNEL, terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
 };
 const VM = { id: 'vm-big', vcpus: 4, memoryBytes: 18 * GIB };
 /** An 18 GiB cold reboot costs about 71 virtual seconds: about 3.5 s of wall time at 20x. */
@@ -168,12 +169,17 @@ const STORM_HOSTS: HostSpec[] = [
   {
     ...HOST,
     id: 'h-v4',
-    kernel: { terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
+    kernel: { ...MAINLINE_KERNEL, terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
   },
   {
     ...HOST,
     id: 'h-aug2025',
-    kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+    kernel: {
+      ...MAINLINE_KERNEL,
+      terminateVm: 'aug2025',
+      linkGuestMemfd: true,
+      privatePageSize: '2M',
+    },
   },
 ];
 const STORM_VM_GIB = [2, 4, 6, 8];

@@ -2,6 +2,7 @@
 // rounds of reboots with every strategy each host's kernel allows, and terminates, run by real
 // worker processes (`dist/apps/worker/src/main.js`), with the host documents' invariants
 // checked every time a test reads them.
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { OperationRecord, Strategy } from '#fleet';
@@ -25,12 +26,25 @@ const GIB = 1024 ** 3;
 const HOSTS: Array<{ id: string; kernel: KernelFeatures }> = [
   {
     id: 'h-mainline',
-    kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+    kernel: {
+      ...MAINLINE_KERNEL,
+      terminateVm: 'none',
+      linkGuestMemfd: false,
+      privatePageSize: '4K',
+    },
   },
-  { id: 'h-v4', kernel: { terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' } },
+  {
+    id: 'h-v4',
+    kernel: { ...MAINLINE_KERNEL, terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
+  },
   {
     id: 'h-aug2025',
-    kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+    kernel: {
+      ...MAINLINE_KERNEL,
+      terminateVm: 'aug2025',
+      linkGuestMemfd: true,
+      privatePageSize: '2M',
+    },
   },
 ];
 const VM_SHAPES = [
@@ -361,7 +375,12 @@ async function runUnderPressure(
       hkids: 3,
       packages: 2,
       cpus: 64,
-      kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+      kernel: {
+        ...MAINLINE_KERNEL,
+        terminateVm: 'none',
+        linkGuestMemfd: false,
+        privatePageSize: '4K',
+      },
     });
     const vmIds = ['vm-0', 'vm-1', 'vm-2'];
     const boots: string[] = [];

@@ -10,12 +10,24 @@ import { jobEnvelopeSchema, jobViewSchema } from './job.dto.js';
 import { ApiClient, assertError, startApiApp } from './testing/api-test-client.js';
 import { vmAndJobSchema, vmListSchema, vmViewSchema } from './vm.dto.js';
 
+import { MAINLINE_KERNEL } from '#tdx-sim';
+
 const GIB = 1024 ** 3;
 
 const KERNELS = {
-  mainline: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
-  v4: { terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
-  reuse: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '4K' },
+  mainline: {
+    ...MAINLINE_KERNEL,
+    terminateVm: 'none',
+    linkGuestMemfd: false,
+    privatePageSize: '4K',
+  },
+  v4: { ...MAINLINE_KERNEL, terminateVm: 'v4', linkGuestMemfd: false, privatePageSize: '4K' },
+  reuse: {
+    ...MAINLINE_KERNEL,
+    terminateVm: 'aug2025',
+    linkGuestMemfd: true,
+    privatePageSize: '4K',
+  },
 } as const;
 
 describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => {

@@ -2,8 +2,13 @@ import {
   type CallValue,
   ERRNOS,
   type Errno,
+  FALLOC_FLAGS,
+  GUEST_MEMFD_FLAGS,
+  HKID_RELEASE_FAILURE_NAMES,
+  type HkidReleaseFailure,
   type HostConfigInput,
   type HkidUsage,
+  type KvmExit,
   type MemoryUsageBytes,
   SIM_OPS,
   type SimCall,
@@ -24,9 +29,26 @@ export class ScriptError extends Error {
   }
 }
 
-type FieldKind = 'handle' | 'size' | 'integer' | 'boolean' | 'faultIn';
+type FieldKind =
+  | 'handle'
+  | 'size'
+  | 'integer'
+  | 'boolean'
+  | 'faultIn'
+  | 'gmemFlags'
+  | 'fallocMode'
+  | 'releaseStep';
 
-/** The arguments each op takes: handles (fd numbers or `$name`), sizes, integers, booleans. */
+/** Flag names a script may spell for each kind of flag mask, with their bits. */
+const FLAG_SETS: Partial<Record<FieldKind, Readonly<Record<string, number>>>> = {
+  gmemFlags: GUEST_MEMFD_FLAGS,
+  fallocMode: FALLOC_FLAGS,
+};
+
+/**
+ * The arguments each op takes: handles (fd numbers or `$name`), sizes, integers, booleans, flag
+ * masks (a number, or names joined by `|`) and the HKID release step to fail.
+ */
 const OP_FIELDS: Record<
   SimOp,
   { required: Record<string, FieldKind>; optional?: Record<string, FieldKind> }
@@ -39,19 +61,32 @@ const OP_FIELDS: Record<
   KVM_TDX_FINALIZE_VM: { required: { vm: 'handle' } },
   KVM_RUN: { required: { vcpu: 'handle' }, optional: { faultIn: 'faultIn' } },
   vcpu_exit: { required: { vcpu: 'handle' } },
-  KVM_CREATE_GUEST_MEMFD: { required: { vm: 'handle', bytes: 'size' } },
+  KVM_CREATE_GUEST_MEMFD: {
+    required: { vm: 'handle', bytes: 'size' },
+    optional: { flags: 'gmemFlags' },
+  },
   KVM_SET_USER_MEMORY_REGION2: {
     required: { vm: 'handle', slot: 'integer', gpa: 'size', bytes: 'size' },
     optional: { gmem: 'handle', gmemOffset: 'size' },
   },
   KVM_TDX_TERMINATE_VM: { required: { vm: 'handle' } },
-  KVM_LINK_GUEST_MEMFD: { required: { vm: 'handle', gmem: 'handle' } },
+  KVM_LINK_GUEST_MEMFD: {
+    required: { vm: 'handle', gmem: 'handle' },
+    optional: { flags: 'integer' },
+  },
   close: { required: { fd: 'handle' } },
   mmap: { required: { fd: 'handle' } },
   munmap: { required: { map: 'handle' } },
   fallocate_punch_hole: { required: { fd: 'handle', offset: 'size', bytes: 'size' } },
+  fallocate: { required: { fd: 'handle', mode: 'fallocMode', offset: 'size', bytes: 'size' } },
+  open_dev_kvm: { required: {} },
+  memfd_create: { required: { bytes: 'size' } },
+  fstat: { required: { fd: 'handle' } },
+  read: { required: { fd: 'handle', bytes: 'size' } },
+  write: { required: { fd: 'handle', bytes: 'size' } },
   cpu_hotplug: { required: { package: 'integer', online: 'boolean' } },
   tdx_module_busy: { required: { busy: 'boolean' } },
+  tdx_fail_next: { required: { step: 'releaseStep' } },
 };
 
 const UNITS: Record<string, number> = {
@@ -187,7 +222,48 @@ function parseField(kind: FieldKind, value: unknown, where: string): ScriptCall[
         gpa: parseSize(value.gpa, `${where}.gpa`),
         bytes: parseSize(value.bytes, `${where}.bytes`),
       };
+    case 'gmemFlags':
+    case 'fallocMode':
+      return parseFlags(value, FLAG_SETS[kind] ?? {}, where);
+    case 'releaseStep':
+      if (
+        typeof value === 'string' &&
+        (HKID_RELEASE_FAILURE_NAMES as readonly string[]).includes(value)
+      ) {
+        return value;
+      }
+      throw new ScriptError(`${where}: one of ${HKID_RELEASE_FAILURE_NAMES.join(', ')}`);
   }
+}
+
+/**
+ * A flag mask: a non-negative integer, or flag names joined by `|` (`"FALLOC_FL_KEEP_SIZE |
+ * FALLOC_FL_PUNCH_HOLE"`; `0` or `""` for none). Unknown bits as numbers are the kernel's to
+ * refuse; an unknown name is a script error.
+ */
+function parseFlags(
+  value: unknown,
+  names: Readonly<Record<string, number>>,
+  where: string,
+): number {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
+  if (typeof value === 'string') {
+    let mask = 0;
+    for (const word of value.split('|').map((w) => w.trim())) {
+      if (word === '' || word === '0') continue;
+      const bit = names[word];
+      if (bit === undefined) {
+        throw new ScriptError(
+          `${where}: unknown flag "${word}"; flags are ${Object.keys(names).join(', ')}`,
+        );
+      }
+      mask |= bit;
+    }
+    return mask;
+  }
+  throw new ScriptError(
+    `${where}: a number or flag names joined by "|" (${Object.keys(names).join(', ')})`,
+  );
 }
 
 /** One call's line in the report. */
@@ -202,6 +278,12 @@ export interface ExecResult {
   seconds: number;
   expect?: Errno | 'ok';
   expectationMet?: boolean;
+  /** Why `KVM_RUN` stopped, when it failed with a memory fault. */
+  exit?: KvmExit;
+  /** An HKID release step this call made fail (armed by `tdx_fail_next`). */
+  hkidReleaseFailure?: HkidReleaseFailure;
+  /** The HKID this call leaked for good. */
+  leakedHkid?: number;
 }
 
 /** What `sim exec` prints. */
@@ -231,7 +313,7 @@ export function runScript(script: Script): ExecReport {
   script.calls.forEach((scriptCall, index) => {
     const resolved: Record<string, unknown> = { op: scriptCall.op };
     for (const [key, value] of Object.entries(scriptCall.args)) {
-      if (typeof value === 'string') {
+      if (typeof value === 'string' && value.startsWith('$')) {
         const bound = handles.get(value.slice(1));
         if (bound === undefined) {
           throw new ScriptError(
@@ -251,9 +333,13 @@ export function runScript(script: Script): ExecReport {
       result.value = outcome.value;
       const bound = outcome.value.fd ?? outcome.value.map;
       if (scriptCall.as !== undefined && bound !== undefined) handles.set(scriptCall.as, bound);
+      const { hkidReleaseFailure, leakedHkid } = outcome.effects;
+      if (hkidReleaseFailure !== null) result.hkidReleaseFailure = hkidReleaseFailure;
+      if (leakedHkid !== null) result.leakedHkid = leakedHkid;
     } else {
       result.errno = outcome.errno;
       result.message = outcome.message;
+      if (outcome.exit !== undefined) result.exit = outcome.exit;
     }
     if (scriptCall.expect !== undefined) {
       result.expect = scriptCall.expect;

@@ -168,11 +168,16 @@ export interface RebootExperiment extends HostOptions {
   memoryGiB: number;
   /** Other VMs booted first, each holding an HKID (to try a host at full HKID capacity). */
   otherVms?: number;
+  /** Whether the VMM preallocates the guest memory when it creates the guest_memfds. */
+  preallocate?: boolean;
 }
 
 /** Boots a VM and reboots it with a strategy; returns the reboot's run. */
 export function rebootOnce(options: RebootExperiment): PlanRun {
-  const shape = shapeOfGiB(options.vcpus, options.memoryGiB);
+  const shape = {
+    ...shapeOfGiB(options.vcpus, options.memoryGiB),
+    preallocate: options.preallocate === true,
+  };
   const others = options.otherVms ?? 0;
   const small = shapeOfGiB(1, 0.25);
   let host = hostFor(options.memoryGiB, options, others * 0.5);

@@ -8,6 +8,14 @@ import {
   type OfflineRequest,
   type OfflineVmSpec,
 } from '#fleet';
+import {
+  KERNEL_SWITCHES,
+  KERNEL_SWITCH_NAMES,
+  type KernelFeatures,
+  MAINLINE_KERNEL,
+  isFlagSwitch,
+  kernelSwitchValuesText,
+} from '#tdx-sim';
 import { REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 
 /** A fleet file `sim fleet` cannot run, naming the field that is wrong. */
@@ -34,13 +42,20 @@ const strategy = z.enum(strategies as [string, ...string[]], {
   error: `expected one of ${strategies.join(', ')}`,
 });
 
-const kernel = z.strictObject({
-  terminateVm: z
-    .enum(['none', 'v4', 'aug2025'], { error: 'expected none, v4 or aug2025' })
-    .default('none'),
-  linkGuestMemfd: z.boolean({ error: 'expected true or false' }).default(false),
-  privatePageSize: z.enum(['4K', '2M'], { error: 'expected 4K or 2M' }).default('4K'),
-});
+/** The kernel switches, each from its declaration; a switch left out takes mainline's value. */
+const kernel = z.strictObject(
+  Object.fromEntries(
+    KERNEL_SWITCH_NAMES.map((name) => {
+      const { values, mainline } = KERNEL_SWITCHES[name];
+      const schema = isFlagSwitch(name)
+        ? z.boolean({ error: 'expected true or false' })
+        : z.enum(values as unknown as [string, ...string[]], {
+            error: `expected ${kernelSwitchValuesText(name)}`,
+          });
+      return [name, (schema as z.ZodType<unknown>).default(mainline)];
+    }),
+  ),
+) as unknown as z.ZodType<KernelFeatures, Partial<KernelFeatures> | undefined>;
 
 /**
  * A host, or with `count` a group of hosts named `<idPrefix>-0001`, `<idPrefix>-0002`... (one such
@@ -55,7 +70,7 @@ const hostEntry = z.strictObject({
   packages: count.default(2),
   cpus: count.default(128),
   hkidCgroupLimit: z.number().int().nonnegative().nullable().default(null),
-  kernel: kernel.default({ terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' }),
+  kernel: kernel.default(MAINLINE_KERNEL),
   costModel: z
     .enum(['calibrated', 'mechanistic'], { error: 'expected calibrated or mechanistic' })
     .default('calibrated'),

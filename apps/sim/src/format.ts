@@ -57,6 +57,8 @@ export interface RebootReport {
   strategy: string;
   vcpus: number;
   memoryGiB: number;
+  /** Whether the VMM preallocated the guest memory. */
+  preallocate: boolean;
   kernel: KernelFeatures;
   ok: boolean;
   timeline: TimelineEntry[];
@@ -72,7 +74,7 @@ function seconds(value: number): string {
 export function formatReboot(report: RebootReport): string {
   const k = report.kernel;
   const lines = [
-    `reboot ${report.strategy}: ${report.vcpus} vCPUs, ${report.memoryGiB} GiB; kernel ${kernelSwitchesText(k)}`,
+    `reboot ${report.strategy}: ${report.vcpus} vCPUs, ${report.memoryGiB} GiB${report.preallocate ? ' preallocated' : ''}; kernel ${kernelSwitchesText(k)}`,
     '',
     `${'step'.padEnd(22)} ${'track'.padEnd(8)} ${pad('start s', 10)} ${pad('end s', 10)} ${pad('cost s', 10)} ${pad('waited s', 10)}  note`,
   ];
@@ -125,7 +127,15 @@ export function formatExec(report: ExecReport): string {
         : Object.entries(r.value)
             .map(([k, v]) => ` ${k}=${String(v)}`)
             .join('');
-    const result = r.ok ? `ok${value}` : `${r.errno ?? ''} (${r.message ?? ''})`;
+    const failed =
+      r.hkidReleaseFailure === undefined
+        ? ''
+        : ` (${r.hkidReleaseFailure} failed${r.leakedHkid === undefined ? ': HKID kept' : `: HKID ${r.leakedHkid} leaked`})`;
+    const exit =
+      r.exit === undefined
+        ? ''
+        : ` exit ${r.exit.reason} gpa=0x${r.exit.gpa.toString(16)} size=${r.exit.size}`;
+    const result = r.ok ? `ok${value}${failed}` : `${r.errno ?? ''}${exit} (${r.message ?? ''})`;
     const expectation = r.expectationMet === false ? `  <-- expected ${r.expect ?? ''}` : '';
     lines.push(
       `${pad(String(r.index), 3)} ${pad(r.at.toFixed(3), 10)} s  ${describeCall(r.call).padEnd(58)} -> ${result} [${r.seconds.toFixed(4)} s]${expectation}`,
@@ -134,8 +144,8 @@ export function formatExec(report: ExecReport): string {
   const m = report.memory;
   lines.push(
     '',
-    `memory: free ${formatGiB(m.free)}, private ${formatGiB(m.private)}, retained ${formatGiB(m.retained)}, orphaned ${formatGiB(m.orphaned)}, control ${formatGiB(m.control)}, S-EPT ${formatGiB(m.sept)}`,
-    `HKIDs: ${report.hkids.owned} owned, ${report.hkids.free} free of ${report.hkids.total} (zombies ${report.hkids.zombies})`,
+    `memory: free ${formatGiB(m.free)}, private ${formatGiB(m.private)}, retained ${formatGiB(m.retained)}, orphaned ${formatGiB(m.orphaned)}, control ${formatGiB(m.control)}, S-EPT ${formatGiB(m.sept)}${m.leaked > 0 ? `, leaked ${formatGiB(m.leaked)}` : ''}`,
+    `HKIDs: ${report.hkids.owned} owned, ${report.hkids.free} free of ${report.hkids.total} (zombies ${report.hkids.zombies}, leaked ${report.hkids.leaked})`,
   );
   if (report.failedExpectations > 0)
     lines.push(`${report.failedExpectations} expectation(s) not met`);

@@ -133,6 +133,31 @@ describe('sim reboot', () => {
     assert.match(stderr, /KVM_LINK_GUEST_MEMFD/);
   });
 
+  it('--preallocate takes the guest memory at boot; a reuse reboot keeps it', () => {
+    const { status, stdout } = sim(
+      'reboot',
+      '--strategy',
+      'reuse',
+      '--vcpus',
+      '4',
+      '--memory-gib',
+      '2',
+      '--terminate-vm',
+      'aug2025',
+      '--link-guest-memfd',
+      '--preallocate',
+      '--json',
+    );
+    assert.equal(status, 0);
+    const report = JSON.parse(stdout) as {
+      preallocate: boolean;
+      summary: { bytesAllocated: number; bytesReused: number };
+    };
+    assert.equal(report.preallocate, true);
+    assert.equal(report.summary.bytesAllocated, 0);
+    assert.equal(report.summary.bytesReused, 2 * GIB);
+  });
+
   it('cold reboot at full HKID capacity shows the new VM waiting for an HKID', () => {
     const { status, stdout } = sim(
       'reboot',
@@ -228,6 +253,96 @@ describe('sim exec', () => {
     assert.match(invalid.stderr, /calls\[0\]: KVM_TDX_INIT_VM needs "vm"/);
 
     assert.equal(sim('exec', join(dir, 'missing.json')).status, 2);
+  });
+
+  it('reads the script from standard input with -, and says what the kernel says', () => {
+    const script = {
+      host: { memoryGiB: 1, hkids: 2, kernel: { terminateVm: 'aug2025', linkGuestMemfd: true } },
+      calls: [
+        { op: 'KVM_CREATE_VM', as: 'vm' },
+        { op: 'KVM_TDX_INIT_VM', vm: '$vm' },
+        {
+          op: 'KVM_CREATE_GUEST_MEMFD',
+          vm: '$vm',
+          bytes: '64MiB',
+          flags: 'GUEST_MEMFD_FLAG_MMAP',
+          as: 'g',
+        },
+        { op: 'fallocate', fd: '$g', mode: 0, offset: 0, bytes: '2MiB', expect: 'EOPNOTSUPP' },
+        { op: 'fallocate', fd: '$g', mode: 'FALLOC_FL_KEEP_SIZE', offset: 0, bytes: '64MiB' },
+        { op: 'fstat', fd: '$g', expect: 'ok' },
+        { op: 'write', fd: '$g', bytes: 4096, expect: 'EINVAL' },
+        { op: 'memfd_create', bytes: '2MiB', as: 'plain' },
+        {
+          op: 'KVM_SET_USER_MEMORY_REGION2',
+          vm: '$vm',
+          slot: 0,
+          gpa: 0,
+          bytes: '2MiB',
+          gmem: '$plain',
+          expect: 'EINVAL',
+        },
+        {
+          op: 'KVM_SET_USER_MEMORY_REGION2',
+          vm: '$vm',
+          slot: 0,
+          gpa: 0,
+          bytes: '64MiB',
+          gmem: '$g',
+        },
+        { op: 'KVM_CREATE_VCPU', vm: '$vm', as: 'cpu' },
+        { op: 'KVM_TDX_INIT_VCPU', vcpu: '$cpu' },
+        { op: 'KVM_TDX_FINALIZE_VM', vm: '$vm' },
+        { op: 'KVM_SET_USER_MEMORY_REGION2', vm: '$vm', slot: 0, gpa: 0, bytes: 0 },
+        { op: 'KVM_RUN', vcpu: '$cpu', faultIn: { gpa: '4MiB', bytes: '2MiB' }, expect: 'EFAULT' },
+        { op: 'tdx_fail_next', step: 'VPFLUSHDONE' },
+        { op: 'KVM_TDX_TERMINATE_VM', vm: '$vm', expect: 'ok' },
+        { op: 'KVM_CREATE_GUEST_MEMFD', vm: '$vm', bytes: '2MiB', expect: 'ok' },
+        { op: 'KVM_CREATE_VCPU', vm: '$vm', expect: 'EIO' },
+      ],
+    };
+    const result = spawnSync(process.execPath, [main, 'exec', '-', '--json'], {
+      encoding: 'utf8',
+      cwd: repoRoot,
+      input: JSON.stringify(script),
+    });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+    const report = JSON.parse(result.stdout) as {
+      results: Array<{
+        call: { op: string };
+        value?: { size?: number; blocks?: number };
+        exit?: { reason: string; gpa: number };
+        hkidReleaseFailure?: string;
+      }>;
+      hkids: { owned: number; leaked: number };
+      failedExpectations: number;
+    };
+    assert.equal(report.failedExpectations, 0);
+    assert.deepEqual(report.results[5]?.value, { size: 64 * 1024 ** 2, blocks: 131072 });
+    assert.deepEqual(report.results[14]?.exit?.reason, 'KVM_EXIT_MEMORY_FAULT');
+    assert.equal(report.results[14]?.exit?.gpa, 4 * 1024 ** 2);
+    assert.equal(report.results[16]?.hkidReleaseFailure, 'VPFLUSHDONE');
+    assert.deepEqual([report.hkids.owned, report.hkids.leaked], [1, 0], 'the HKID is kept');
+  });
+
+  it('a failed KEY.FREEID shows the HKID leaked, apart from zombies', () => {
+    const script = {
+      host: { memoryGiB: 1, hkids: 2 },
+      calls: [
+        { op: 'KVM_CREATE_VM', as: 'vm' },
+        { op: 'KVM_TDX_INIT_VM', vm: '$vm' },
+        { op: 'tdx_fail_next', step: 'FREEID' },
+        { op: 'close', fd: '$vm' },
+      ],
+    };
+    const result = spawnSync(process.execPath, [main, 'exec', '-'], {
+      encoding: 'utf8',
+      cwd: repoRoot,
+      input: JSON.stringify(script),
+    });
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout, /FREEID failed: HKID 1 leaked/);
+    assert.match(result.stdout, /HKIDs: 0 owned, 1 free of 2 \(zombies 0, leaked 1\)/);
   });
 });
 

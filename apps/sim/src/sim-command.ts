@@ -67,14 +67,18 @@ const SIM_COMMANDS = {
     usage: [
       `--strategy ${REBOOT_STRATEGIES.join('|')} --vcpus N --memory-gib G`,
       KERNEL_SWITCH_NAMES.map(switchUsage).join(' '),
-      `[--model ${MODEL_VALUES}] [--host-memory-gib G] [--hkids N] [--other-vms N] [--json]`,
+      `[--model ${MODEL_VALUES}] [--host-memory-gib G] [--hkids N] [--other-vms N] [--preallocate]`,
+      '[--json]',
     ],
     about: ['boot a VM, reboot it, print the step timeline and summary'],
     run: rebootCommand,
   },
   exec: {
-    usage: ['FILE [--json]'],
-    about: ['run a scripted sequence of calls against one simulated host (see README)'],
+    usage: ['FILE|- [--json]'],
+    about: [
+      'run a scripted sequence of calls against one simulated host (see README); - reads the',
+      'script from standard input',
+    ],
     run: execCommand,
   },
   fleet: {
@@ -266,6 +270,7 @@ function rebootCommand(args: string[]): number {
     'host-memory-gib': { type: 'string' },
     hkids: { type: 'string' },
     'other-vms': { type: 'string' },
+    preallocate: { type: 'boolean' },
     json: { type: 'boolean' },
   });
   if (values.strategy === undefined)
@@ -289,6 +294,7 @@ function rebootCommand(args: string[]): number {
     kernel,
     model: oneOf(values.model, MODELS, 'model', DEFAULT_MODEL),
     otherVms,
+    preallocate: values.preallocate === true,
     ...(hkids === undefined ? {} : { hkids }),
     ...(values['host-memory-gib'] === undefined
       ? {}
@@ -310,6 +316,7 @@ function rebootCommand(args: string[]): number {
     strategy,
     vcpus,
     memoryGiB,
+    preallocate: options.preallocate,
     kernel,
     ok: run.ok,
     timeline: run.timeline,
@@ -320,10 +327,10 @@ function rebootCommand(args: string[]): number {
   return run.ok ? 0 : 1;
 }
 
-/** A command's input file, or a usage error that names it. */
+/** A command's input file (`-`: standard input), or a usage error that names it. */
 function readInput(file: string): string {
   try {
-    return readFileSync(file, 'utf8');
+    return readFileSync(file === '-' ? 0 : file, 'utf8');
   } catch (error) {
     throw new UsageError(
       `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import { BUILTIN_NAMES, builtinDocument } from './builtins.js';
 import { ScenarioError, parseScenario, scenarioJsonSchema } from './scenario.js';
 import { buildFleet } from './fleet-builder.js';
@@ -45,11 +46,7 @@ describe('scenario validation', () => {
     const s = parseScenario(valid());
     assert.equal(s.seed, 1);
     assert.equal(s.repeat, 1);
-    assert.deepEqual(s.fleet.hosts[0]?.kernel, {
-      terminateVm: 'none',
-      linkGuestMemfd: false,
-      privatePageSize: '4K',
-    });
+    assert.deepEqual(s.fleet.hosts[0]?.kernel, MAINLINE_KERNEL);
     assert.equal(s.phases[0]?.action, 'reboot');
     assert.equal(s.limits.hostConcurrency, 4);
   });

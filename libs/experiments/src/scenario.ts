@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { KERNEL_SWITCHES, type KernelFeatures } from '#tdx-sim';
+import { KERNEL_SWITCHES, type KernelFeatures, MAINLINE_KERNEL } from '#tdx-sim';
 import { ALL_STRATEGIES, REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 import { METRIC_NAMES, METRICS, type MetricName } from './metrics.js';
 
@@ -48,6 +48,16 @@ const kernel = z.strictObject({
       error: `expected one of ${KERNEL_SWITCHES.privatePageSize.values.join(', ')}`,
     })
     .default(KERNEL_SWITCHES.privatePageSize.mainline),
+  guestMemfdFlags: z
+    .enum(KERNEL_SWITCHES.guestMemfdFlags.values, {
+      error: `expected one of ${KERNEL_SWITCHES.guestMemfdFlags.values.join(', ')}`,
+    })
+    .default(KERNEL_SWITCHES.guestMemfdFlags.mainline),
+  guestMemfdTree: z
+    .enum(KERNEL_SWITCHES.guestMemfdTree.values, {
+      error: `expected one of ${KERNEL_SWITCHES.guestMemfdTree.values.join(', ')}`,
+    })
+    .default(KERNEL_SWITCHES.guestMemfdTree.mainline),
 }) satisfies z.ZodType<KernelFeatures>;
 
 const hostGroup = z.strictObject({
@@ -57,11 +67,7 @@ const hostGroup = z.strictObject({
   hkids: count.default(63),
   packages: count.default(2),
   cpus: count.default(128),
-  kernel: kernel.default({
-    terminateVm: KERNEL_SWITCHES.terminateVm.mainline,
-    linkGuestMemfd: KERNEL_SWITCHES.linkGuestMemfd.mainline,
-    privatePageSize: KERNEL_SWITCHES.privatePageSize.mainline,
-  }),
+  kernel: kernel.default({ ...MAINLINE_KERNEL }),
 });
 
 const vmSize = z.strictObject({

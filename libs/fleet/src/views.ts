@@ -126,7 +126,7 @@ export interface VmView {
 /** The VM as its host document records it. */
 export function vmView(doc: HostDocument, vm: VmRecord): VmView {
   const vmFile = vm.handles === null ? undefined : doc.sim.files[vm.handles.vm];
-  const simVm = vmFile === undefined ? undefined : doc.sim.vms[vmFile.vm];
+  const simVm = vmFile?.kind === 'vm' ? doc.sim.vms[vmFile.vm] : undefined;
   const memslots =
     simVm === undefined
       ? []

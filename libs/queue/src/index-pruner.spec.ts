@@ -3,6 +3,7 @@
  * gone are dropped, entries of those that exist are kept, and an entry whose job (VM) is committed
  * just after the first look survives.
  */
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
@@ -29,7 +30,12 @@ function newHost(): HostDocument {
       hkids: 8,
       packages: 2,
       cpus: 8,
-      kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+      kernel: {
+        ...MAINLINE_KERNEL,
+        terminateVm: 'aug2025',
+        linkGuestMemfd: true,
+        privatePageSize: '2M',
+      },
     },
     0,
   );

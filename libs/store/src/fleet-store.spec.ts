@@ -3,6 +3,7 @@
  * other reads back exactly, whatever the interleaving; conflicts are refused; a document in the
  * earlier one-field layout is read and converted by its next commit.
  */
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -30,7 +31,12 @@ import {
 } from './fleet-store.js';
 
 const GIB = 1024 ** 3;
-const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
+const KERNEL = {
+  ...MAINLINE_KERNEL,
+  terminateVm: 'aug2025',
+  linkGuestMemfd: true,
+  privatePageSize: '2M',
+} as const;
 
 function newHost(id: string): HostDocument {
   return createHostDocument(

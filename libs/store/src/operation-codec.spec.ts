@@ -1,3 +1,4 @@
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -14,7 +15,12 @@ import { REBOOT_STRATEGIES, type RebootStrategy } from '#vmm';
 import { decodeOperation, encodeOperation } from './operation-codec.js';
 
 const GIB = 1024 ** 3;
-const KERNEL = { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' } as const;
+const KERNEL = {
+  ...MAINLINE_KERNEL,
+  terminateVm: 'aug2025',
+  linkGuestMemfd: true,
+  privatePageSize: '2M',
+} as const;
 const RUN = { hostConcurrency: 8, maxWaitMs: 0, pollMs: 50 };
 
 /** Advances every operation of the document at `timeScale`; the records as committed. */

@@ -21,6 +21,8 @@ export interface MemoryUsagePages {
   sept: number;
   /** Freed by a call whose virtual time has not passed yet. */
   inFlight: number;
+  /** Lost for good with a TD whose HKID release failed: back only when the host reboots. */
+  leaked: number;
 }
 
 /** The same buckets in bytes. */
@@ -63,6 +65,7 @@ export function memoryUsage(state: HostState): MemoryUsagePages {
     control,
     sept,
     inFlight: state.inFlight.reduce((sum, r) => sum + r.pages, 0),
+    leaked: state.leakedPages,
   };
 }
 
@@ -76,7 +79,7 @@ export function memoryUsageBytes(state: HostState): MemoryUsageBytes {
   return bytes;
 }
 
-/** HKIDs by owner. `free + owned + inFlight` is always the pool size. */
+/** HKIDs by owner. `free + owned + inFlight + leaked` is always the pool size. */
 export interface HkidUsage {
   total: number;
   free: number;
@@ -86,13 +89,17 @@ export interface HkidUsage {
   inFlight: number;
   /** Held by VMs whose fds are all closed: kept alive only by mmaps of their guest_memfds. */
   zombies: number;
+  /** Lost for good to a failed release: owned by no VM, never free until the host reboots. */
+  leaked: number;
 }
 
 /** Counts the HKID pool by owner. */
 export function hkidUsage(state: HostState): HkidUsage {
   const withOpenFd = new Set<number>();
   for (const file of Object.values(state.files)) {
-    if (file.kind !== 'gmem' || file.fdOpen) withOpenFd.add(file.vm);
+    if (file.kind === 'vm' || file.kind === 'vcpu' || (file.kind === 'gmem' && file.fdOpen)) {
+      withOpenFd.add(file.vm);
+    }
   }
   let owned = 0;
   let zombies = 0;
@@ -107,6 +114,7 @@ export function hkidUsage(state: HostState): HkidUsage {
     owned,
     inFlight: state.inFlight.reduce((sum, r) => sum + r.hkids.length, 0),
     zombies,
+    leaked: state.leakedHkids.length,
   };
 }
 
@@ -124,22 +132,24 @@ export function checkInvariants(state: HostState): string[] {
     memory.orphaned +
     memory.control +
     memory.sept +
-    memory.inFlight;
+    memory.inFlight +
+    memory.leaked;
   if (accounted !== memory.total) {
     problems.push(`memory not conserved: buckets add up to ${accounted}, total is ${memory.total}`);
   }
   if (memory.free < 0) problems.push(`free pages negative: ${memory.free}`);
 
   const hkids = hkidUsage(state);
-  if (hkids.free + hkids.owned + hkids.inFlight !== hkids.total) {
+  if (hkids.free + hkids.owned + hkids.inFlight + hkids.leaked !== hkids.total) {
     problems.push(
-      `HKIDs not conserved: free ${hkids.free} + owned ${hkids.owned} + in flight ${hkids.inFlight} != ${hkids.total}`,
+      `HKIDs not conserved: free ${hkids.free} + owned ${hkids.owned} + in flight ${hkids.inFlight} + leaked ${hkids.leaked} != ${hkids.total}`,
     );
   }
   const seen = new Set<number>();
   const everyHkid = [
     ...state.freeHkids,
     ...state.inFlight.flatMap((r) => r.hkids),
+    ...state.leakedHkids,
     ...Object.values(state.vms).flatMap((vm) => (vm.hkid === null ? [] : [vm.hkid])),
   ];
   for (const hkid of everyHkid) {
@@ -148,18 +158,22 @@ export function checkInvariants(state: HostState): string[] {
   }
 
   const refs = new Map<number, number>();
-  for (const file of Object.values(state.files)) refs.set(file.vm, (refs.get(file.vm) ?? 0) + 1);
+  for (const file of Object.values(state.files)) {
+    if ('vm' in file) refs.set(file.vm, (refs.get(file.vm) ?? 0) + 1);
+  }
   for (const vm of Object.values(state.vms)) {
     const expected = refs.get(vm.id) ?? 0;
     if (vm.refs !== expected)
       problems.push(`VM ${vm.id} counts ${vm.refs} references, files hold ${expected}`);
     if (vm.refs <= 0) problems.push(`VM ${vm.id} has no references but was not destroyed`);
-    if (vm.hkid === null && vm.keyState !== 'NONE' && vm.keyState !== 'TEARDOWN') {
+    const keyless =
+      vm.keyState === 'NONE' || vm.keyState === 'TEARDOWN' || vm.keyState === 'BLOCKED';
+    if (vm.hkid === null && !keyless) {
       problems.push(`VM ${vm.id} has no HKID but key state ${vm.keyState}`);
     }
   }
   for (const file of Object.values(state.files)) {
-    if (state.vms[file.vm] === undefined)
+    if ('vm' in file && state.vms[file.vm] === undefined)
       problems.push(`fd ${file.fd} refers to destroyed VM ${file.vm}`);
   }
   return problems;

@@ -1,10 +1,12 @@
-import type { Errno } from './errno.js';
+import type { Errno, KvmExit } from './errno.js';
+import type { HkidReleaseFailure } from './faults.js';
 import type { KeyState } from './state.js';
 
 /**
  * Every operation the simulator accepts: ioctl-shaped calls named as in the kernel, the file
- * operations that matter to VM lifetimes, and two host events (CPU hotplug, a busy TDX
- * module). Fds and ids are the numbers earlier calls returned.
+ * operations that matter to VM lifetimes, and host events (CPU hotplug, a busy TDX module, a
+ * failure of the next HKID release step). Fds and ids are the numbers earlier calls returned;
+ * flags are the kernel's bit masks ({@link FALLOC_FLAGS}, {@link GUEST_MEMFD_FLAGS}).
  */
 export type SimCall =
   | { op: 'KVM_CREATE_VM' }
@@ -15,7 +17,7 @@ export type SimCall =
   | { op: 'KVM_TDX_FINALIZE_VM'; vm: number }
   | { op: 'KVM_RUN'; vcpu: number; faultIn?: { gpa: number; bytes: number } }
   | { op: 'vcpu_exit'; vcpu: number }
-  | { op: 'KVM_CREATE_GUEST_MEMFD'; vm: number; bytes: number }
+  | { op: 'KVM_CREATE_GUEST_MEMFD'; vm: number; bytes: number; flags?: number }
   | {
       op: 'KVM_SET_USER_MEMORY_REGION2';
       vm: number;
@@ -26,13 +28,20 @@ export type SimCall =
       gmemOffset?: number;
     }
   | { op: 'KVM_TDX_TERMINATE_VM'; vm: number }
-  | { op: 'KVM_LINK_GUEST_MEMFD'; vm: number; gmem: number }
+  | { op: 'KVM_LINK_GUEST_MEMFD'; vm: number; gmem: number; flags?: number }
   | { op: 'close'; fd: number }
   | { op: 'mmap'; fd: number }
   | { op: 'munmap'; map: number }
   | { op: 'fallocate_punch_hole'; fd: number; offset: number; bytes: number }
+  | { op: 'fallocate'; fd: number; mode: number; offset: number; bytes: number }
+  | { op: 'open_dev_kvm' }
+  | { op: 'memfd_create'; bytes: number }
+  | { op: 'fstat'; fd: number }
+  | { op: 'read'; fd: number; bytes: number }
+  | { op: 'write'; fd: number; bytes: number }
   | { op: 'cpu_hotplug'; package: number; online: boolean }
-  | { op: 'tdx_module_busy'; busy: boolean };
+  | { op: 'tdx_module_busy'; busy: boolean }
+  | { op: 'tdx_fail_next'; step: HkidReleaseFailure };
 
 /** The name of a call. */
 export type SimOp = SimCall['op'];
@@ -55,16 +64,29 @@ export const SIM_OPS: readonly SimOp[] = [
   'mmap',
   'munmap',
   'fallocate_punch_hole',
+  'fallocate',
+  'open_dev_kvm',
+  'memfd_create',
+  'fstat',
+  'read',
+  'write',
   'cpu_hotplug',
   'tdx_module_busy',
+  'tdx_fail_next',
 ];
 
-/** What a successful call returns: a new fd, inode or mapping id where it creates one. */
+/**
+ * What a successful call returns: a new fd, inode or mapping id where it creates one; `fstat`'s
+ * size in bytes and blocks (512-byte units, as `st_blocks`); `read` and `write` the bytes moved.
+ */
 export interface CallValue {
   fd?: number;
   inode?: number;
   map?: number;
   vm?: number;
+  size?: number;
+  blocks?: number;
+  bytes?: number;
 }
 
 /** Pages taken from a TD by one zap or reclaim, with the key state the TD was in. */
@@ -94,6 +116,12 @@ export interface CallEffects {
   destroyedVms: number[];
   /** Every zap and reclaim with the TD's key state at that moment. */
   reclaims: ReclaimRecord[];
+  /** The step of an HKID release that failed in this call (an armed `tdx_fail_next`), if any. */
+  hkidReleaseFailure: HkidReleaseFailure | null;
+  /** The HKID this call leaked for good (a failed `KEY.FREEID`, or a release failed at destruction). */
+  leakedHkid: number | null;
+  /** Pages no reclaim can return any more (a TD whose release failed): leaked until the host reboots. */
+  leakedPages: number;
 }
 
 /** A call that succeeded: its value, its virtual cost and its effects. */
@@ -110,6 +138,8 @@ export interface CallFailure {
   errno: Errno;
   message: string;
   seconds: 0;
+  /** Why `KVM_RUN` stopped, when it stopped on a memory fault (`EFAULT`). */
+  exit?: KvmExit;
 }
 
 /** The outcome of one call. */
@@ -127,5 +157,8 @@ export function noEffects(): CallEffects {
     release: null,
     destroyedVms: [],
     reclaims: [],
+    hkidReleaseFailure: null,
+    leakedHkid: null,
+    leakedPages: 0,
   };
 }

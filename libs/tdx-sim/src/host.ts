@@ -17,6 +17,8 @@ import {
   teardownReclaimSeconds,
 } from './cost-model.js';
 import { SimErrnoError, ensure } from './errno.js';
+import { HKID_RELEASE_FAILURES, type HkidReleaseFailure } from './faults.js';
+import { FALLOC_FLAGS, GUEST_MEMFD_FLAGS, isFlagMask, unknownBits } from './flags.js';
 import {
   type Ranges,
   addRange,
@@ -24,6 +26,7 @@ import {
   countInside,
   countPages,
   removeRange,
+  wholeLeafPages,
   subtractRanges,
   unionRanges,
 } from './ranges.js';
@@ -37,7 +40,13 @@ import type {
   VcpuState,
   VmState,
 } from './state.js';
-import { PAGES_PER_2M, PAGES_PER_GIB, PAGE_BYTES, SEPT_ENTRIES_PER_PAGE } from './units.js';
+import {
+  PAGES_PER_2M,
+  PAGES_PER_GIB,
+  PAGE_BYTES,
+  SEPT_ENTRIES_PER_PAGE,
+  bytesToPages,
+} from './units.js';
 
 /** A new host with every HKID free, all memory free and every package online. */
 export function createHost(config: HostConfig): HostState {
@@ -55,6 +64,9 @@ export function createHost(config: HostConfig): HostState {
     inodes: {},
     mmaps: {},
     inFlight: [],
+    leakedHkids: [],
+    leakedPages: 0,
+    failNext: { VPFLUSHDONE: false, FREEID: false },
     next: { vm: 1, fd: 3, inode: 1, mmap: 1, release: 1 },
   };
 }
@@ -124,7 +136,12 @@ function runOn(draft: Draft, state: HostState, calls: readonly SimCall[]): Batch
     } catch (error) {
       if (!(error instanceof SimErrnoError)) throw error;
       draft.rollback();
-      outcomes.push({ ok: false, errno: error.errno, message: error.message, seconds: 0 });
+      const { errno, message, exit } = error;
+      outcomes.push(
+        exit === undefined
+          ? { ok: false, errno, message, seconds: 0 }
+          : { ok: false, errno, message, seconds: 0, exit },
+      );
       return { state, outcomes, failedAt: index };
     }
   }
@@ -170,6 +187,8 @@ export function cloneHost(state: HostState): HostState {
     inodes,
     mmaps,
     inFlight: state.inFlight.map((r) => ({ ...r, hkids: [...r.hkids] })),
+    leakedHkids: [...state.leakedHkids],
+    failNext: { ...state.failNext },
     next: { ...state.next },
   };
 }
@@ -253,6 +272,8 @@ export function settleAll(state: HostState): HostState {
 }
 
 type GmemFile = Extract<FileState, { kind: 'gmem' }>;
+/** A file that holds a reference on a VM. */
+type VmFile = Extract<FileState, { vm: number }>;
 
 /** The effects of every call that touched neither memory nor HKIDs (shared, never changed). */
 const NO_EFFECTS: CallEffects = Object.freeze({
@@ -291,7 +312,7 @@ function undo(entry: JournalEntry): void {
       return;
   }
 }
-type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight';
+type ListName = 'freeHkids' | 'packagesOnline' | 'inFlight' | 'leakedHkids';
 
 /**
  * The host a batch of calls works on, in one of two modes. Copy-on-write (the pure API): the
@@ -311,10 +332,16 @@ class Draft {
   constructor(base: HostState, inPlace: boolean) {
     if (inPlace) {
       this.host = base;
-      // In place, a call changes the host's own fields only by counting (pages, ids) and by the
-      // module busy flag; its tables and lists are journaled as they change.
+      // In place, a call changes the host's own fields only by counting (pages, ids), by the
+      // module busy flag and by replacing the armed failures; its tables and lists are journaled
+      // as they change.
       const { vm, fd, inode, mmap, release } = base.next;
-      const counters = { freePages: base.freePages, moduleBusy: base.moduleBusy };
+      const counters = {
+        freePages: base.freePages,
+        leakedPages: base.leakedPages,
+        moduleBusy: base.moduleBusy,
+        failNext: base.failNext,
+      };
       this.journal = [
         { kind: 'fields', target: base, saved: counters },
         { kind: 'fields', target: base.next, saved: { vm, fd, inode, mmap, release } },
@@ -509,7 +536,7 @@ class Transaction {
       case 'vcpu_exit':
         return this.exitVcpu(call.vcpu);
       case 'KVM_CREATE_GUEST_MEMFD':
-        return this.createGuestMemfd(call.vm, call.bytes);
+        return this.createGuestMemfd(call.vm, call.bytes, call.flags ?? 0);
       case 'KVM_SET_USER_MEMORY_REGION2':
         return call.bytes === 0
           ? this.deleteMemslot(call.vm, call.slot)
@@ -524,7 +551,7 @@ class Transaction {
       case 'KVM_TDX_TERMINATE_VM':
         return this.terminateVm(call.vm);
       case 'KVM_LINK_GUEST_MEMFD':
-        return this.linkGuestMemfd(call.vm, call.gmem);
+        return this.linkGuestMemfd(call.vm, call.gmem, call.flags ?? 0);
       case 'close':
         return this.close(call.fd);
       case 'mmap':
@@ -532,11 +559,36 @@ class Transaction {
       case 'munmap':
         return this.munmap(call.map);
       case 'fallocate_punch_hole':
-        return this.punchHole(call.fd, call.offset, call.bytes);
+        return this.fallocate(call.fd, PUNCH_MODE, call.offset, call.bytes);
+      case 'fallocate':
+        return this.fallocate(call.fd, call.mode, call.offset, call.bytes);
+      case 'open_dev_kvm':
+        return this.openPlainFile({ kind: 'kvm' });
+      case 'memfd_create':
+        ensure(
+          Number.isSafeInteger(call.bytes) && call.bytes >= 0,
+          'EINVAL',
+          `memfd size must be a non-negative integer, got ${String(call.bytes)}`,
+        );
+        return this.openPlainFile({ kind: 'memfd', pages: bytesToPages(call.bytes) });
+      case 'fstat':
+        return this.fstat(call.fd);
+      case 'read':
+      case 'write':
+        return this.readWrite(call.op, call.fd, call.bytes);
       case 'cpu_hotplug':
         return this.cpuHotplug(call.package, call.online);
       case 'tdx_module_busy':
         this.host.moduleBusy = call.busy;
+        return {};
+      case 'tdx_fail_next':
+        ensure(
+          Object.hasOwn(HKID_RELEASE_FAILURES, call.step),
+          'EINVAL',
+          `no HKID release step ${String(call.step)} can be made to fail`,
+        );
+        // Replaced, not changed: the previous object may be shared with the state before.
+        this.host.failNext = { ...this.host.failNext, [call.step]: true };
         return {};
     }
   }
@@ -552,7 +604,7 @@ class Transaction {
   }
 
   /** The VM a file refers to, ready to be changed. */
-  private vmOf(file: FileState): VmState {
+  private vmOf(file: VmFile): VmState {
     return this.draft.vm(file.vm);
   }
 
@@ -579,28 +631,69 @@ class Transaction {
     return this.draft.inode(id);
   }
 
-  private alive(vm: VmState, what: string): void {
+  /**
+   * A VM ioctl other than the vCPU and TDX init ones: refused on a dead VM (`EIO`), except under
+   * the August 2025 semantics, where only vCPU creation, vCPU ioctls and TDX init are.
+   */
+  private vmIoctl(vm: VmState, what: string): void {
+    if (this.host.config.kernel.terminateVm === 'aug2025') return;
     ensure(!vm.dead, 'EIO', `${what}: VM ${vm.id} is dead (terminated)`);
+  }
+
+  /** `KVM_CREATE_VCPU` or a vCPU ioctl: refused on a dead VM whatever the semantics. */
+  private vcpuIoctl(vm: VmState, what: string): void {
+    ensure(!vm.dead, 'EIO', `${what}: VM ${vm.id} is dead (terminated)`);
+  }
+
+  /**
+   * A TDX init sub-ioctl on the VM (`KVM_TDX_INIT_VM`, `KVM_TDX_FINALIZE_VM`): on a dead VM,
+   * `EIO` (every VM ioctl), or under aug2025 `EINVAL`, the TD no longer being in INIT.
+   */
+  private tdxInit(vm: VmState, what: string): void {
+    if (!vm.dead) return;
+    const aug2025 = this.host.config.kernel.terminateVm === 'aug2025';
+    throw new SimErrnoError(
+      aug2025 ? 'EINVAL' : 'EIO',
+      `${what}: VM ${vm.id} is dead (terminated)${aug2025 ? ', no longer in INIT' : ''}`,
+    );
   }
 
   private leafPages(): number {
     return this.host.config.kernel.privatePageSize === '2M' ? PAGES_PER_2M : 1;
   }
 
-  /** Bytes to pages for a guest address or size, which must be leaf-aligned. */
+  /**
+   * Seconds of a per-page cost over `ranges` of inode pages. With 2 MiB leaves only whole,
+   * aligned leaves go at the leaf rate; the pages around them are 4 KiB leaves (model).
+   */
+  private leafCost(ranges: Ranges, perPage: (ctx: CostContext, pages: number) => number): number {
+    const pages = countPages(ranges);
+    if (this.cost.pageSize === '4K') return perPage(this.cost, pages);
+    const whole = wholeLeafPages(ranges, PAGES_PER_2M);
+    const rest = pages - whole;
+    return perPage(this.cost, whole) + (rest > 0 ? perPage(this.cost4K, rest) : 0);
+  }
+
+  private get cost4K(): CostContext {
+    return { ...this.cost, pageSize: '4K' };
+  }
+
+  /**
+   * Bytes to pages for a guest address, size or file offset, which must be 4 KiB-aligned: with
+   * 2 MiB leaves too, the ioctls stay 4 KiB-granular (the huge-page RFC).
+   */
   private alignedPages(bytes: number, what: string, allowZero = false): number {
-    const leafBytes = this.leafPages() * PAGE_BYTES;
     const aligned =
       Number.isSafeInteger(bytes) &&
       bytes >= 0 &&
-      bytes % leafBytes === 0 &&
+      bytes % PAGE_BYTES === 0 &&
       (allowZero || bytes > 0);
     // The message is built only for a refusal: sizes and page counts are large numbers, slow
     // to format, and every memory call checks a few of them.
     if (!aligned) {
       throw new SimErrnoError(
         'EINVAL',
-        `${what} must be a ${allowZero ? 'non-negative' : 'positive'} multiple of ${leafBytes} bytes, got ${String(bytes)}`,
+        `${what} must be a ${allowZero ? 'non-negative' : 'positive'} multiple of ${PAGE_BYTES} bytes, got ${String(bytes)}`,
       );
     }
     return bytes / PAGE_BYTES;
@@ -646,7 +739,7 @@ class Transaction {
 
   private initVm(fd: number): CallValue {
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_TDX_INIT_VM');
+    this.tdxInit(vm, 'KVM_TDX_INIT_VM');
     ensure(vm.tdState === 'UNINITIALIZED', 'EINVAL', `VM ${vm.id} is already ${vm.tdState}`);
     ensure(vm.vcpus.length === 0, 'EBUSY', `VM ${vm.id} already has vCPUs`);
     const hkid = this.host.freeHkids[0];
@@ -673,7 +766,7 @@ class Transaction {
 
   private createVcpu(fd: number): CallValue {
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_CREATE_VCPU');
+    this.vcpuIoctl(vm, 'KVM_CREATE_VCPU');
     ensure(vm.tdState === 'INITIALIZED', 'EIO', `TD ${vm.id} is ${vm.tdState}, not INITIALIZED`);
     ensure(vm.vcpus.length < this.host.config.cpus, 'EINVAL', 'more vCPUs than host CPUs');
     const controlPages = this.cost.params.vcpuControlPages;
@@ -689,7 +782,7 @@ class Transaction {
 
   private initVcpu(fd: number): CallValue {
     const { vm, vcpu } = this.vcpuFd(fd);
-    this.alive(vm, 'KVM_TDX_INIT_VCPU');
+    this.vcpuIoctl(vm, 'KVM_TDX_INIT_VCPU');
     ensure(vm.hkid !== null, 'EINVAL', `TD ${vm.id} has no HKID`);
     ensure(vm.tdState !== 'RUNNABLE', 'EINVAL', `TD ${vm.id} is already RUNNABLE`);
     ensure(vcpu.state === 'UNINITIALIZED', 'EINVAL', `vCPU ${vcpu.index} is already initialised`);
@@ -700,7 +793,7 @@ class Transaction {
 
   private finalizeVm(fd: number): CallValue {
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_TDX_FINALIZE_VM');
+    this.tdxInit(vm, 'KVM_TDX_FINALIZE_VM');
     ensure(vm.hkid !== null, 'EINVAL', `TD ${vm.id} has no HKID`);
     ensure(vm.tdState !== 'RUNNABLE', 'EINVAL', `TD ${vm.id} is already RUNNABLE`);
     ensure(!this.host.moduleBusy, 'EBUSY', 'the TDX module is busy');
@@ -711,7 +804,7 @@ class Transaction {
 
   private runVcpu(fd: number, faultIn: { gpa: number; bytes: number } | undefined): CallValue {
     const { vm, vcpu } = this.vcpuFd(fd);
-    this.alive(vm, 'KVM_RUN');
+    this.vcpuIoctl(vm, 'KVM_RUN');
     ensure(vcpu.state === 'INITIALIZED', 'EINVAL', `vCPU ${vcpu.index} is not initialised`);
     ensure(vm.tdState === 'RUNNABLE', 'EINVAL', `TD ${vm.id} is ${vm.tdState}, not RUNNABLE`);
     ensure(!vcpu.inIoctl, 'EBUSY', `vCPU ${vcpu.index} is already inside KVM_RUN`);
@@ -729,7 +822,7 @@ class Transaction {
 
   private initMemRegion(fd: number, gpa: number, bytes: number): CallValue {
     const { vm, vcpu } = this.vcpuFd(fd);
-    this.alive(vm, 'KVM_TDX_INIT_MEM_REGION');
+    this.vcpuIoctl(vm, 'KVM_TDX_INIT_MEM_REGION');
     ensure(vcpu.state === 'INITIALIZED', 'EINVAL', `vCPU ${vcpu.index} is not initialised`);
     ensure(vm.tdState !== 'RUNNABLE', 'EINVAL', `TD ${vm.id} is already RUNNABLE`);
     const pages = this.mapPrivate(vm, gpa, bytes, 'added');
@@ -748,15 +841,31 @@ class Transaction {
     const busy = vm.vcpus.find((v) => v.inIoctl);
     ensure(busy === undefined, 'EBUSY', `vCPU ${String(busy?.index)} is inside an ioctl`);
     vm.dead = true;
-    if (vm.hkid !== null) this.releaseHkid(vm);
+    // The ioctl succeeds even when the release fails: the kernel only logs it, the VM is dead
+    // and the HKID is tried again when the VM is destroyed.
+    if (vm.hkid !== null) this.releaseHkid(vm, false);
     return {};
   }
 
   // --- guest_memfd and memslots ---------------------------------------------------------------
 
-  private createGuestMemfd(fd: number, bytes: number): CallValue {
+  private createGuestMemfd(fd: number, bytes: number, flags: number): CallValue {
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_CREATE_GUEST_MEMFD');
+    this.vmIoctl(vm, 'KVM_CREATE_GUEST_MEMFD');
+    const known =
+      this.host.config.kernel.guestMemfdFlags === 'mmap'
+        ? GUEST_MEMFD_FLAGS.GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAGS.GUEST_MEMFD_FLAG_INIT_SHARED
+        : 0;
+    ensure(
+      isFlagMask(flags) && flags <= 0xffffffff && unknownBits(flags, known) === 0,
+      'EINVAL',
+      `flags ${String(flags)} has bits this kernel's KVM_CREATE_GUEST_MEMFD does not know`,
+    );
+    ensure(
+      (flags & GUEST_MEMFD_FLAGS.GUEST_MEMFD_FLAG_INIT_SHARED) === 0,
+      'EINVAL',
+      'GUEST_MEMFD_FLAG_INIT_SHARED is only for a VM without private memory, never a TD',
+    );
     const pages = this.alignedPages(bytes, 'guest_memfd size');
     const inode = this.host.next.inode++;
     this.draft.put('inodes', inode, { id: inode, pages, allocated: [], files: 0 });
@@ -764,33 +873,25 @@ class Transaction {
     return { fd: this.openGmemFile(vm, inode), inode };
   }
 
-  private linkGuestMemfd(fd: number, gmemFd: number): CallValue {
+  private linkGuestMemfd(fd: number, gmemFd: number, flags: number): CallValue {
     ensure(
       this.host.config.kernel.linkGuestMemfd,
       'ENOTTY',
       'this kernel has no KVM_LINK_GUEST_MEMFD',
     );
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_LINK_GUEST_MEMFD');
-    const source = this.gmemFd(gmemFd);
+    this.vmIoctl(vm, 'KVM_LINK_GUEST_MEMFD');
+    ensure(flags === 0, 'EINVAL', `KVM_LINK_GUEST_MEMFD takes no flags, got ${String(flags)}`);
+    // The RFC looks the source up itself: a fd that is not open is EINVAL, as is any other file.
+    const source = Number.isInteger(gmemFd) ? this.host.files[gmemFd] : undefined;
     ensure(
-      !this.hasFileOn(vm.id, source),
-      'EEXIST',
-      `inode ${source.inode} already has a file for VM ${vm.id}`,
+      source?.kind === 'gmem' && source.fdOpen,
+      'EINVAL',
+      `fd ${String(gmemFd)} is not an open guest_memfd`,
     );
+    ensure(source.vm !== vm.id, 'EINVAL', `guest_memfd ${gmemFd} already belongs to VM ${vm.id}`);
     this.seconds += this.cost.params.smallCallSeconds;
     return { fd: this.openGmemFile(vm, source.inode), inode: source.inode };
-  }
-
-  /** Whether VM `vmId` has a guest_memfd file on the inode of `known` (a file on it). */
-  private hasFileOn(vmId: number, known: GmemFile): boolean {
-    // The inode counts its files: when `known` is the only one, there is no other to look for.
-    if (this.host.inodes[known.inode]?.files === 1) return known.vm === vmId;
-    for (const fd in this.host.files) {
-      const f = this.host.files[fd] as FileState;
-      if (f.kind === 'gmem' && f.inode === known.inode && f.vm === vmId) return true;
-    }
-    return false;
   }
 
   private openGmemFile(vm: VmState, inode: number): number {
@@ -799,6 +900,14 @@ class Transaction {
     this.inode(inode).files += 1;
     vm.refs += 1;
     return fd;
+  }
+
+  /** A file that belongs to no VM (`/dev/kvm`, a plain memfd). */
+  private openPlainFile(file: { kind: 'kvm' } | { kind: 'memfd'; pages: number }): CallValue {
+    const fd = this.host.next.fd++;
+    this.draft.put('files', fd, { fd, ...file });
+    this.seconds += this.cost.params.smallCallSeconds;
+    return { fd };
   }
 
   private createMemslot(
@@ -810,7 +919,7 @@ class Transaction {
     gmemOffset = 0,
   ): CallValue {
     const vm = this.vmFd(fd);
-    this.alive(vm, 'KVM_SET_USER_MEMORY_REGION2');
+    this.vmIoctl(vm, 'KVM_SET_USER_MEMORY_REGION2');
     ensure(Number.isSafeInteger(slot) && slot >= 0, 'EINVAL', `bad slot id ${String(slot)}`);
     ensure(
       vm.memslots[slot] === undefined,
@@ -846,7 +955,7 @@ class Transaction {
     );
     ensure(
       bound === undefined,
-      'EINVAL',
+      this.host.config.kernel.guestMemfdTree === 'kvm-x86-2026' ? 'EEXIST' : 'EINVAL',
       `guest_memfd range already bound to slot ${String(bound?.slot)}`,
     );
     vm.memslots[slot] = {
@@ -863,7 +972,7 @@ class Transaction {
 
   private deleteMemslot(fd: number, slot: number): CallValue {
     const vm = this.vmFd(fd);
-    if (this.host.config.kernel.terminateVm !== 'aug2025') this.alive(vm, 'memslot delete');
+    this.vmIoctl(vm, 'memslot delete');
     ensure(vm.memslots[slot] !== undefined, 'EINVAL', `slot ${slot} does not exist`);
     this.zap(vm, this.draft.memslot(vm, slot), null);
     delete vm.memslots[slot];
@@ -873,7 +982,8 @@ class Transaction {
 
   /**
    * Maps `[gpa, gpa + bytes)` as private memory of `vm`: allocates the pages its inodes do not
-   * hold yet, charges S-EPT pages, and returns how many pages were newly mapped.
+   * hold yet, charges S-EPT pages, and returns how many pages were newly mapped. A guest fault
+   * (`accepted`) on memory no guest_memfd backs stops `KVM_RUN` with a memory fault exit.
    */
   private mapPrivate(vm: VmState, gpa: number, bytes: number, as: 'added' | 'accepted'): number {
     const first = this.alignedPages(gpa, 'gpa', true);
@@ -885,20 +995,17 @@ class Transaction {
       if (cursor >= first + count) break;
       const slotEnd = memslot.gpaPage + memslot.pages;
       if (slotEnd <= cursor || memslot.gpaPage > cursor) continue;
-      ensure(
-        memslot.binding !== null,
-        'EINVAL',
-        `slot ${memslot.slot} has no guest_memfd behind it`,
-      );
+      if (memslot.binding === null) break;
       const end = Math.min(slotEnd, first + count);
       const inodeStart = memslot.binding.offsetPage + (cursor - memslot.gpaPage);
       pieces.push({ memslot, inodeStart, inodeEnd: inodeStart + (end - cursor) });
       cursor = end;
     }
-    ensure(cursor >= first + count, 'EINVAL', 'GPA range is not covered by guest_memfd memslots');
+    if (cursor < first + count) this.unbacked(cursor, as);
 
     let newlyAllocated = 0;
     let newlyMapped = 0;
+    let wholeLeaves = 0;
     for (const { memslot, inodeStart, inodeEnd } of pieces) {
       const binding = memslot.binding;
       if (binding === null) continue;
@@ -913,13 +1020,16 @@ class Transaction {
         );
       }
       ensure(
-        !this.mappedByOtherVm(vm.id, inode, wanted),
+        !this.mappedElsewhere(vm.id, memslot.slot, inode, wanted),
         'EBUSY',
         `inode ${inode.id} pages are still owned by another TD`,
       );
       const missing = subtractRanges(wanted, inode.allocated);
       newlyAllocated += countPages(missing);
       newlyMapped += countPages(wanted);
+      if (as === 'accepted' && this.cost.pageSize === '2M') {
+        wholeLeaves += wholeLeafPages(wanted, PAGES_PER_2M);
+      }
     }
     const septAfter = septPagesFor(vm.mappedPages + newlyMapped, this.leafPages());
     const septDelta = Math.max(0, septAfter - vm.septPages);
@@ -941,21 +1051,57 @@ class Transaction {
     this.effects.allocatedPages += newlyAllocated;
     this.effects.reusedPages += newlyMapped - newlyAllocated;
     this.seconds += allocateSeconds(this.cost.params, newlyAllocated);
-    if (as === 'accepted') this.seconds += augAcceptSeconds(this.cost, newlyMapped);
+    if (as === 'accepted') {
+      this.seconds +=
+        this.cost.pageSize === '4K'
+          ? augAcceptSeconds(this.cost, newlyMapped)
+          : augAcceptSeconds(this.cost, wholeLeaves) +
+            augAcceptSeconds(this.cost4K, newlyMapped - wholeLeaves);
+    }
     return newlyMapped;
   }
 
-  /** Whether a VM other than `vmId`, bound to `inode`, maps any page of `ranges`. */
-  private mappedByOtherVm(vmId: number, inode: InodeState, ranges: Ranges): boolean {
+  /**
+   * A private access at page `gpaPage` that no guest_memfd backs (no memslot, or one whose file
+   * is gone): `KVM_RUN` stops with `EFAULT` and a memory fault exit; an initial region there is
+   * simply invalid.
+   */
+  private unbacked(gpaPage: number, as: 'added' | 'accepted'): never {
+    const gpa = gpaPage * PAGE_BYTES;
+    if (as === 'added') {
+      throw new SimErrnoError('EINVAL', 'GPA range is not covered by guest_memfd memslots');
+    }
+    throw new SimErrnoError(
+      'EFAULT',
+      `private access at GPA 0x${gpa.toString(16)} has no guest_memfd behind it (KVM_EXIT_MEMORY_FAULT)`,
+      {
+        reason: 'KVM_EXIT_MEMORY_FAULT',
+        flags: ['KVM_MEMORY_EXIT_FLAG_PRIVATE'],
+        gpa,
+        size: PAGE_BYTES,
+      },
+    );
+  }
+
+  /**
+   * Whether another memslot bound to `inode` (of another VM, or another file of this one) maps
+   * any page of `ranges`: a page is mapped in one place at a time.
+   */
+  private mappedElsewhere(
+    vmId: number,
+    slotId: number,
+    inode: InodeState,
+    ranges: Ranges,
+  ): boolean {
     // A memslot is bound through its VM's own file on the inode, and unbound when that file
-    // goes: an inode with one file (the mapping VM's) has no other VM to look for.
+    // goes; one file's slots never overlap in the inode, so an inode with one file has no
+    // other mapping to look for.
     if (inode.files <= 1) return false;
     for (const id in this.host.vms) {
       const other = this.host.vms[id] as VmState;
-      if (other.id === vmId) continue;
       for (const slot in other.memslots) {
         const m = other.memslots[slot] as MemslotState;
-        if (m.binding?.inode !== inode.id) continue;
+        if (m.binding?.inode !== inode.id || (other.id === vmId && m.slot === slotId)) continue;
         for (const [s, e] of ranges) {
           if (countInside(m.added, s, e) > 0 || countInside(m.accepted, s, e) > 0) return true;
         }
@@ -967,27 +1113,45 @@ class Transaction {
   /**
    * Removes the private mappings of `memslot` (only those inside `inodeRange` when given).
    * A TD in TEARDOWN gives each page back with one reclaim; a live TD needs Dynamic Page
-   * Removal. The pages stay in the inode either way.
+   * Removal; the pages stay in the inode either way. A BLOCKED TD (its `KEY.FREEID` failed)
+   * can give nothing back: its pages are lost for good.
    */
   private zap(vm: VmState, memslot: MemslotState, inodeRange: [number, number] | null): void {
     const mapped = unionRanges(memslot.added, memslot.accepted);
     const target = inodeRange === null ? mapped : clipRanges(mapped, inodeRange[0], inodeRange[1]);
     const pages = countPages(target);
     if (pages === 0) return;
-    if (vm.keyState === 'TEARDOWN') {
-      this.seconds += teardownReclaimSeconds(this.cost, pages);
-      this.effects.reclaimedPages += pages;
-    } else {
-      const vmPrivateGiB = vm.mappedPages / PAGES_PER_GIB;
-      this.seconds += dynamicRemovalSeconds(this.cost, pages, vm.vcpus.length, vmPrivateGiB);
-      this.effects.removedPages += pages;
-    }
-    this.effects.reclaims.push({ vm: vm.id, keyState: vm.keyState, pages });
     for (const [s, e] of target) {
       memslot.added = removeRange(memslot.added, s, e);
       memslot.accepted = removeRange(memslot.accepted, s, e);
     }
     vm.mappedPages -= pages;
+    if (vm.keyState === 'BLOCKED') {
+      const binding = memslot.binding;
+      if (binding !== null) {
+        const inode = this.inode(binding.inode);
+        for (const [s, e] of target) inode.allocated = removeRange(inode.allocated, s, e);
+      }
+      this.leak(pages);
+      return;
+    }
+    if (vm.keyState === 'TEARDOWN') {
+      this.seconds += this.leafCost(target, teardownReclaimSeconds);
+      this.effects.reclaimedPages += pages;
+    } else {
+      const vmPrivateGiB = (vm.mappedPages + pages) / PAGES_PER_GIB;
+      const removal = (ctx: CostContext, n: number): number =>
+        dynamicRemovalSeconds(ctx, n, vm.vcpus.length, vmPrivateGiB);
+      this.seconds += this.leafCost(target, removal);
+      if (inodeRange !== null && this.cost.pageSize === '2M') {
+        // A hole that cuts a 2 MiB leaf splits it first: block, track, kick, demote (model:
+        // as much as removing one 4 KiB page).
+        const splits = splitLeaves(mapped, inodeRange);
+        if (splits > 0) this.seconds += removal(this.cost4K, splits);
+      }
+      this.effects.removedPages += pages;
+    }
+    this.effects.reclaims.push({ vm: vm.id, keyState: vm.keyState, pages });
   }
 
   // --- files and references -------------------------------------------------------------------
@@ -995,6 +1159,10 @@ class Transaction {
   private close(fd: number): CallValue {
     const file = this.file(fd);
     switch (file.kind) {
+      case 'kvm':
+      case 'memfd':
+        this.draft.put('files', fd, undefined);
+        break;
       case 'vm':
         this.draft.put('files', fd, undefined);
         this.dropRef(this.vmOf(file));
@@ -1062,24 +1230,94 @@ class Transaction {
     this.dropRef(vm);
   }
 
-  private punchHole(fd: number, offset: number, bytes: number): CallValue {
-    const file = this.gmemFd(fd);
+  /**
+   * `fallocate(2)` on a guest_memfd: with `FALLOC_FL_KEEP_SIZE` alone, the range's pages are
+   * allocated in the inode (held, mapped by no TD yet); with `FALLOC_FL_PUNCH_HOLE` too, the
+   * range is unmapped in every VM viewing the inode and freed. Without KEEP_SIZE, or with a bit
+   * guest_memfd does not know, `EOPNOTSUPP`.
+   */
+  private fallocate(fd: number, mode: number, offset: number, bytes: number): CallValue {
+    const file = this.file(fd);
+    const known = FALLOC_FLAGS.FALLOC_FL_KEEP_SIZE | FALLOC_FLAGS.FALLOC_FL_PUNCH_HOLE;
+    if (file.kind === 'memfd') return {};
+    ensure(file.kind === 'gmem', 'EINVAL', `fd ${fd} is not a guest_memfd`);
+    ensure(
+      isFlagMask(mode) &&
+        mode <= 0xffffffff &&
+        unknownBits(mode, known) === 0 &&
+        (mode & FALLOC_FLAGS.FALLOC_FL_KEEP_SIZE) !== 0,
+      'EOPNOTSUPP',
+      `guest_memfd takes fallocate mode FALLOC_FL_KEEP_SIZE, with or without FALLOC_FL_PUNCH_HOLE; got ${String(mode)}`,
+    );
     const start = this.alignedPages(offset, 'offset', true);
     const count = this.alignedPages(bytes, 'len');
     const inode = this.inode(file.inode);
-    ensure(start + count <= inode.pages, 'EINVAL', 'hole goes past the end of the guest_memfd');
+    if ((mode & FALLOC_FLAGS.FALLOC_FL_PUNCH_HOLE) !== 0) {
+      return this.punchHole(inode, start, Math.min(start + count, inode.pages));
+    }
+    ensure(
+      start + count <= inode.pages,
+      'EINVAL',
+      'allocation goes past the end of the guest_memfd',
+    );
+    const missing = countPages(subtractRanges([[start, start + count]], inode.allocated));
+    this.take(missing, 'guest_memfd allocation');
+    inode.allocated = addRange(inode.allocated, start, start + count);
+    this.effects.allocatedPages += missing;
+    this.seconds += allocateSeconds(this.cost.params, missing) + this.cost.params.smallCallSeconds;
+    return {};
+  }
+
+  /** Unmaps and frees inode pages `[start, end)`; nothing to do past the end of the file. */
+  private punchHole(inode: InodeState, start: number, end: number): CallValue {
+    this.seconds += this.cost.params.smallCallSeconds;
+    if (end <= start) return {};
     for (const viewer of Object.values(this.host.vms)) {
       for (const { slot, binding } of Object.values(viewer.memslots)) {
         if (binding?.inode !== inode.id) continue;
         const vm = this.draft.vm(viewer.id);
-        this.zap(vm, this.draft.memslot(vm, slot), [start, start + count]);
+        this.zap(vm, this.draft.memslot(vm, slot), [start, end]);
       }
     }
-    const freed = countInside(inode.allocated, start, start + count);
-    inode.allocated = removeRange(inode.allocated, start, start + count);
-    this.seconds += freeSeconds(this.cost.params, freed) + this.cost.params.smallCallSeconds;
+    const freed = countInside(inode.allocated, start, end);
+    inode.allocated = removeRange(inode.allocated, start, end);
+    this.seconds += freeSeconds(this.cost.params, freed);
     this.free(freed);
     return {};
+  }
+
+  /** `fstat`: a guest_memfd's size and the blocks its inode holds; a memfd's size. */
+  private fstat(fd: number): CallValue {
+    const file = this.file(fd);
+    this.seconds += this.cost.params.smallCallSeconds;
+    switch (file.kind) {
+      case 'gmem': {
+        const inode = this.host.inodes[file.inode] as InodeState;
+        return {
+          size: inode.pages * PAGE_BYTES,
+          blocks: (countPages(inode.allocated) * PAGE_BYTES) / 512,
+        };
+      }
+      case 'memfd':
+        return { size: file.pages * PAGE_BYTES, blocks: 0 };
+      case 'kvm':
+      case 'vm':
+      case 'vcpu':
+        return { size: 0, blocks: 0 };
+    }
+  }
+
+  /** `read`/`write`: a guest_memfd refuses both (`EINVAL`), as do KVM's other files. */
+  private readWrite(op: 'read' | 'write', fd: number, bytes: number): CallValue {
+    const file = this.file(fd);
+    ensure(
+      file.kind === 'memfd',
+      'EINVAL',
+      `${op} on fd ${fd}: a ${file.kind === 'gmem' ? 'guest_memfd' : 'KVM file'} cannot be ${op === 'read' ? 'read' : 'written'}`,
+    );
+    ensure(Number.isSafeInteger(bytes) && bytes >= 0, 'EINVAL', `${op} of ${String(bytes)} bytes`);
+    this.seconds += this.cost.params.smallCallSeconds;
+    return { bytes };
   }
 
   private dropRef(vm: VmState): void {
@@ -1087,34 +1325,75 @@ class Transaction {
     if (vm.refs === 0) this.destroy(vm);
   }
 
-  /** The last reference went: release the HKID if still held, reclaim what is left, free it. */
+  /**
+   * The last reference went: release the HKID if still held, reclaim what is left, free it. A
+   * release that fails here leaks the HKID (the VM is gone) and the pages it still holds.
+   */
   private destroy(vm: VmState): void {
-    if (vm.hkid !== null) this.releaseHkid(vm);
+    if (vm.hkid !== null) this.releaseHkid(vm, true);
     const metadata =
       vm.controlPages + vm.septPages + vm.vcpus.reduce((sum, v) => sum + v.controlPages, 0);
     if (metadata > 0) {
-      // Control and S-EPT pages can only exist on a TD that got a key, now in TEARDOWN.
-      this.seconds += teardownReclaimSeconds({ ...this.cost, pageSize: '4K' }, metadata);
-      this.effects.reclaimedPages += metadata;
-      this.effects.reclaims.push({ vm: vm.id, keyState: vm.keyState, pages: metadata });
-      this.free(metadata);
+      if (vm.keyState === 'TEARDOWN') {
+        // Control and S-EPT pages can only exist on a TD that got a key, now in TEARDOWN.
+        this.seconds += teardownReclaimSeconds(this.cost4K, metadata);
+        this.effects.reclaimedPages += metadata;
+        this.effects.reclaims.push({ vm: vm.id, keyState: vm.keyState, pages: metadata });
+        this.free(metadata);
+      } else {
+        this.leak(metadata);
+      }
     }
     this.draft.put('vms', vm.id, undefined);
     this.effects.destroyedVms.push(vm.id);
   }
 
-  /** Flush vCPUs, write back caches, free the key ID: the TD moves to TEARDOWN. */
-  private releaseHkid(vm: VmState): void {
-    if (vm.hkid === null) return;
-    this.seconds += hkidReleaseSeconds(
-      this.cost.params,
-      vm.vcpus.length,
-      this.host.config.packages,
-    );
-    (this.freedHkids ??= []).push(vm.hkid);
-    this.effects.releasedHkid = vm.hkid;
+  /**
+   * Flush vCPUs, `VPFLUSHDONE`, write back caches, `KEY.FREEID`: the TD moves to TEARDOWN and
+   * its HKID goes in flight. A failed `VPFLUSHDONE` keeps the HKID with the TD (RUNNABLE, keys
+   * configured), unless the VM is being destroyed, which leaks it; a failed `KEY.FREEID` leaks
+   * the HKID and leaves the TD BLOCKED.
+   */
+  private releaseHkid(vm: VmState, destroying: boolean): void {
+    const hkid = vm.hkid;
+    if (hkid === null) return;
+    const params = this.cost.params;
+    if (this.host.failNext.VPFLUSHDONE) {
+      this.disarm('VPFLUSHDONE');
+      this.seconds += params.vcpuFlushSeconds * vm.vcpus.length;
+      if (destroying) this.leakHkid(vm, hkid);
+      return;
+    }
+    this.seconds += hkidReleaseSeconds(params, vm.vcpus.length, this.host.config.packages);
+    if (this.host.failNext.FREEID) {
+      this.disarm('FREEID');
+      this.leakHkid(vm, hkid);
+      vm.keyState = 'BLOCKED';
+      return;
+    }
+    (this.freedHkids ??= []).push(hkid);
+    this.effects.releasedHkid = hkid;
     vm.hkid = null;
     vm.keyState = 'TEARDOWN';
+  }
+
+  /** The armed failure of `step` fires: it is reported and disarmed. */
+  private disarm(step: HkidReleaseFailure): void {
+    this.host.failNext = { ...this.host.failNext, [step]: false };
+    this.effects.hkidReleaseFailure = step;
+  }
+
+  /** `hkid` leaves `vm` for good: owned by no VM, never free again. */
+  private leakHkid(vm: VmState, hkid: number): void {
+    returnHkids(this.draft.list('leakedHkids'), [hkid]);
+    this.effects.leakedHkid = hkid;
+    vm.hkid = null;
+  }
+
+  /** Pages no one can take back any more. */
+  private leak(pages: number): void {
+    this.host.leakedPages += pages;
+    this.effects.leakedPages += pages;
   }
 
   private cpuHotplug(pkg: number, online: boolean): CallValue {
@@ -1126,6 +1405,25 @@ class Transaction {
     this.draft.list('packagesOnline')[pkg] = online;
     return {};
   }
+}
+
+/** The modes `fallocate_punch_hole` stands for. */
+const PUNCH_MODE = FALLOC_FLAGS.FALLOC_FL_KEEP_SIZE | FALLOC_FLAGS.FALLOC_FL_PUNCH_HOLE;
+
+/**
+ * How many 2 MiB leaves a hole `[start, end)` cuts through while they keep mapped pages on
+ * both sides of the cut: at most one at each end of the hole.
+ */
+function splitLeaves(mapped: Ranges, [start, end]: [number, number]): number {
+  let splits = 0;
+  for (const edge of [start, end]) {
+    if (edge % PAGES_PER_2M === 0) continue;
+    const leaf = edge - (edge % PAGES_PER_2M);
+    const inside = countInside(mapped, Math.max(leaf, start), Math.min(leaf + PAGES_PER_2M, end));
+    const outside = countInside(mapped, leaf, leaf + PAGES_PER_2M) - inside;
+    if (inside > 0 && outside > 0) splits += 1;
+  }
+  return splits;
 }
 
 /** S-EPT table pages needed to map `mappedPages` 4 KiB pages with leaves of `leafPages` pages. */

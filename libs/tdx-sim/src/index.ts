@@ -7,6 +7,8 @@ export * from './calls.js';
 export * from './config.js';
 export * from './cost-model.js';
 export * from './errno.js';
+export * from './faults.js';
+export * from './flags.js';
 export * from './host.js';
 export * from './kernel-switches.js';
 export * from './ranges.js';

@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { checkInvariants, hkidUsage, memoryUsage } from './accounting.js';
 import type { CallOutcome, CallSuccess, SimCall } from './calls.js';
 import { type HostConfigInput, makeHostConfig } from './config.js';
+import { HKID_RELEASE_FAILURE_NAMES } from './faults.js';
 import { ALL_KERNELS, type KernelFeatures } from './kernel-switches.js';
 import {
   type ApplyResult,
@@ -49,6 +50,10 @@ const bytes = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom(4096, 100, TWO_MIB + 4096) },
 );
 const positiveBytes = fc.integer({ min: 1, max: 32 }).map((n) => n * TWO_MIB);
+/** `KVM_CREATE_GUEST_MEMFD` flags: mostly none, now and then a known or unknown bit. */
+const guestMemfdFlags = fc.constantFrom(0, 0, 0, 1, 2, 3, 8);
+/** `fallocate` modes: mostly allocation or punching with KEEP_SIZE, now and then without. */
+const fallocMode = fc.constantFrom(1, 1, 3, 3, 0, 2, 0x11);
 
 const call = (arb: fc.Arbitrary<SimCall>): fc.Arbitrary<Step> =>
   arb.map((c): Step => ({ kind: 'call', call: c }));
@@ -82,7 +87,9 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   {
     weight: 3,
     arbitrary: call(
-      fc.record({ vm: fd, bytes }).map((r) => ({ op: 'KVM_CREATE_GUEST_MEMFD', ...r })),
+      fc
+        .record({ vm: fd, bytes, flags: guestMemfdFlags }, { requiredKeys: ['vm', 'bytes'] })
+        .map((r) => ({ op: 'KVM_CREATE_GUEST_MEMFD', ...r })),
     ),
   },
   {
@@ -100,7 +107,12 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   {
     weight: 2,
     arbitrary: call(
-      fc.record({ vm: fd, gmem: fd }).map((r) => ({ op: 'KVM_LINK_GUEST_MEMFD', ...r })),
+      fc
+        .record(
+          { vm: fd, gmem: fd, flags: fc.constantFrom(0, 0, 0, 1) },
+          { requiredKeys: ['vm', 'gmem'] },
+        )
+        .map((r) => ({ op: 'KVM_LINK_GUEST_MEMFD', ...r })),
     ),
   },
   { weight: 6, arbitrary: call(fd.map((f) => ({ op: 'close', fd: f }))) },
@@ -113,6 +125,36 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
     weight: 2,
     arbitrary: call(
       fc.record({ fd, offset: bytes, bytes }).map((r) => ({ op: 'fallocate_punch_hole', ...r })),
+    ),
+  },
+  {
+    weight: 2,
+    arbitrary: call(
+      fc
+        .record({ fd, mode: fallocMode, offset: bytes, bytes })
+        .map((r) => ({ op: 'fallocate', ...r })),
+    ),
+  },
+  { weight: 1, arbitrary: call(fc.constant({ op: 'open_dev_kvm' })) },
+  {
+    weight: 1,
+    arbitrary: call(bytes.map((b) => ({ op: 'memfd_create', bytes: b }))),
+  },
+  { weight: 1, arbitrary: call(fd.map((f) => ({ op: 'fstat', fd: f }))) },
+  {
+    weight: 1,
+    arbitrary: call(
+      fc
+        .record({ op: fc.constantFrom('read', 'write'), fd, bytes: fc.constant(4096) })
+        .map((r) => r as SimCall),
+    ),
+  },
+  {
+    weight: 2,
+    arbitrary: call(
+      fc
+        .constantFrom(...HKID_RELEASE_FAILURE_NAMES)
+        .map((failing) => ({ op: 'tdx_fail_next', step: failing })),
     ),
   },
   {
@@ -174,6 +216,8 @@ const seen = {
   destroyed: 0,
   terminated: 0,
   reused: 0,
+  releaseFailures: 0,
+  leakedHkids: 0,
 };
 
 function roundTrip(state: HostState): HostState {
@@ -201,12 +245,18 @@ function assertSound(state: HostState, where: string): void {
     `${where}: memoryUsage buckets do not add up to the total`,
   );
   const hkids = hkidUsage(state);
-  assert.equal(hkids.free + hkids.owned + hkids.inFlight, hkids.total, `${where}: hkidUsage`);
+  assert.equal(
+    hkids.free + hkids.owned + hkids.inFlight + hkids.leaked,
+    hkids.total,
+    `${where}: hkidUsage`,
+  );
   assert.ok(hkids.zombies <= hkids.owned, `${where}: more zombie HKIDs than owned ones`);
 
   for (const vm of Object.values(state.vms)) {
     assert.ok(vm.refs > 0, `${where}: VM ${vm.id} has no reference but is still on the host`);
-    assert.equal(vm.hkid === null, vm.keyState === 'NONE' || vm.keyState === 'TEARDOWN', where);
+    const keyless =
+      vm.keyState === 'NONE' || vm.keyState === 'TEARDOWN' || vm.keyState === 'BLOCKED';
+    assert.equal(vm.hkid === null, keyless, where);
     if (vm.dead) assert.notEqual(state.config.kernel.terminateVm, 'none', where);
   }
 
@@ -319,14 +369,33 @@ function assertEffects(before: HostState, after: HostState, outcome: CallSuccess
   seen.removals += removed > 0 ? 1 : 0;
   seen.reused += effects.reusedPages > 0 ? 1 : 0;
 
-  // The records account for every page a VM lost: unmapped pages, plus metadata at destroy.
+  // The records account for every page a VM lost (unmapped pages, plus metadata at destroy),
+  // except the pages leaked with a TD whose HKID release failed.
   const destroyed = new Set(effects.destroyedVms);
+  let unrecorded = 0;
   for (const vm of Object.values(before.vms)) {
     const afterVm = after.vms[vm.id];
     const unmapped = Math.max(0, vm.mappedPages - (afterVm?.mappedPages ?? 0));
     const expected = unmapped + (destroyed.has(vm.id) ? metadataPages(vm) : 0);
-    assert.equal(recordedPages.get(vm.id) ?? 0, expected, `${where}: pages of VM ${vm.id}`);
+    const recorded = recordedPages.get(vm.id) ?? 0;
+    assert.ok(recorded <= expected, `${where}: pages of VM ${vm.id}`);
+    unrecorded += expected - recorded;
   }
+  assert.equal(unrecorded, effects.leakedPages, `${where}: pages neither recorded nor leaked`);
+  assert.equal(
+    after.leakedPages - before.leakedPages,
+    effects.leakedPages,
+    `${where}: leakedPages`,
+  );
+  // A leaked HKID is owned by no VM and stays leaked.
+  for (const hkid of before.leakedHkids) {
+    assert.ok(after.leakedHkids.includes(hkid), `${where}: leaked HKID ${hkid} came back`);
+  }
+  if (effects.leakedHkid !== null) {
+    assert.ok(after.leakedHkids.includes(effects.leakedHkid), `${where}: leaked HKID`);
+    seen.leakedHkids += 1;
+  }
+  if (effects.hkidReleaseFailure !== null) seen.releaseFailures += 1;
 
   // A VM leaves the host exactly when this call destroyed it; only CREATE_VM adds one.
   const gone = Object.keys(before.vms)
@@ -340,7 +409,10 @@ function assertEffects(before: HostState, after: HostState, outcome: CallSuccess
     assert.ok(vm !== undefined, where);
     // The HKID goes at destruction if it was still held.
     if (vm.hkid !== null) {
-      assert.equal(effects.releasedHkid, vm.hkid, `${where}: destroy kept the HKID`);
+      assert.ok(
+        effects.releasedHkid === vm.hkid || effects.leakedHkid === vm.hkid,
+        `${where}: destroy kept the HKID`,
+      );
     }
     seen.destroyed += 1;
   }
@@ -442,7 +514,11 @@ function pickFd(state: HostState, n: number, kind: 'vm' | 'gmem'): number {
 function* exitCalls(state: HostState, fd: number): Macro {
   const file = state.files[fd];
   if (file === undefined) return;
-  const mine = Object.values(state.files).filter((f) => f.vm === file.vm);
+  if (!('vm' in file)) {
+    yield { op: 'close', fd };
+    return;
+  }
+  const mine = Object.values(state.files).filter((f) => 'vm' in f && f.vm === file.vm);
   for (const map of Object.values(state.mmaps)) {
     if (mine.some((f) => f.fd === map.fd)) yield { op: 'munmap', map: map.id };
   }
@@ -633,7 +709,9 @@ describe('invariants over random call sequences', () => {
     assert.ok(seen.removals > 0, 'no Dynamic Page Removal happened');
     assert.ok(seen.destroyed > 0, 'no VM was destroyed');
     assert.ok(seen.terminated > 0, 'no VM was terminated');
-    for (const errno of ['ENOSPC', 'ENOMEM', 'EIO', 'EINVAL', 'EBADF']) {
+    assert.ok(seen.releaseFailures > 0, 'no HKID release failed');
+    assert.ok(seen.leakedHkids > 0, 'no HKID leaked');
+    for (const errno of ['ENOSPC', 'ENOMEM', 'EIO', 'EINVAL', 'EBADF', 'EOPNOTSUPP', 'EFAULT']) {
       assert.ok((seen.failures.get(errno) ?? 0) > 0, `no call failed with ${errno}`);
     }
   });

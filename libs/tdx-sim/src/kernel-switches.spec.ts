@@ -90,16 +90,27 @@ describe('kernel switches', () => {
     }
   });
 
-  it('keeps the labels and messages it always had', () => {
+  it('keeps the labels and messages it always had; the guest_memfd switches show off mainline', () => {
     assert.equal(kernelLabel(MAINLINE_KERNEL), 'terminate=none link=off 4K');
     assert.equal(
-      kernelSwitchesText({ terminateVm: 'v4', linkGuestMemfd: true, privatePageSize: '2M' }),
-      'terminateVm=v4 linkGuestMemfd=true privatePageSize=2M',
+      kernelLabel({ ...MAINLINE_KERNEL, guestMemfdFlags: 'none', guestMemfdTree: 'kvm-x86-2026' }),
+      'terminate=none link=off 4K gmem-flags=none gmem-tree=kvm-x86-2026',
+    );
+    assert.equal(
+      kernelSwitchesText({
+        ...MAINLINE_KERNEL,
+        terminateVm: 'v4',
+        linkGuestMemfd: true,
+        privatePageSize: '2M',
+      }),
+      'terminateVm=v4 linkGuestMemfd=true privatePageSize=2M guestMemfdFlags=mmap guestMemfdTree=mainline',
     );
     const messages: Array<[Record<string, unknown>, string]> = [
       [{ terminateVm: 'v9' }, 'kernel.terminateVm must be none, v4 or aug2025'],
       [{ linkGuestMemfd: 'yes' }, 'kernel.linkGuestMemfd must be a boolean'],
       [{ privatePageSize: '1G' }, 'kernel.privatePageSize must be 4K or 2M'],
+      [{ guestMemfdFlags: 'all' }, 'kernel.guestMemfdFlags must be mmap or none'],
+      [{ guestMemfdTree: 'next' }, 'kernel.guestMemfdTree must be mainline or kvm-x86-2026'],
     ];
     for (const [kernel, message] of messages) {
       assert.throws(() => makeHostConfig({ kernel }), { message });

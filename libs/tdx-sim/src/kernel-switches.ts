@@ -1,7 +1,8 @@
 /**
  * The kernel switches of a simulated host, each declared once: its values, mainline's value,
  * the kernel feature it provides (absent on mainline; null when an operation cannot need it),
- * the word a short label uses for it (null: the value alone) and a one-line description.
+ * the word a short label uses for it (null: the value alone), whether a label shows it when it
+ * is at mainline's value, and a one-line description.
  * Everything that lists switches or their values (the host's validation, the API's schemas, the
  * `sim` command's options, plan cache keys, test tables) derives from this table, so a new
  * switch is a change here and in what it simulates.
@@ -13,6 +14,7 @@ export const KERNEL_SWITCHES = {
     mainline: 'none',
     feature: 'KVM_TDX_TERMINATE_VM',
     label: 'terminate',
+    labelAtMainline: true,
     description:
       'KVM_TDX_TERMINATE_VM: none (mainline), the v4 series, or the August 2025 semantics',
   },
@@ -22,6 +24,7 @@ export const KERNEL_SWITCHES = {
     mainline: false,
     feature: 'KVM_LINK_GUEST_MEMFD',
     label: 'link',
+    labelAtMainline: true,
     description: 'Whether KVM_LINK_GUEST_MEMFD exists (needed by the reuse reboot)',
   },
   /** Leaf size for private mappings: `4K` is mainline; `2M` is the huge-page RFC. */
@@ -30,7 +33,36 @@ export const KERNEL_SWITCHES = {
     mainline: '4K',
     feature: null,
     label: null,
+    labelAtMainline: true,
     description: 'Leaf size of private mappings',
+  },
+  /**
+   * Which `KVM_CREATE_GUEST_MEMFD` flags the kernel knows (domain section 8): `mmap`, from the
+   * 6.18 cycle on, knows `GUEST_MEMFD_FLAG_MMAP` (and `GUEST_MEMFD_FLAG_INIT_SHARED`, which a TD
+   * can never have); `none`, the kernels before it, refuses every flag.
+   */
+  guestMemfdFlags: {
+    values: ['mmap', 'none'],
+    mainline: 'mmap',
+    feature: null,
+    label: 'gmem-flags',
+    labelAtMainline: false,
+    description:
+      'KVM_CREATE_GUEST_MEMFD flags the kernel knows: mmap (6.18 on: GUEST_MEMFD_FLAG_MMAP) or none (before 6.18)',
+  },
+  /**
+   * Which tree the guest_memfd binding code comes from (domain section 8): `mainline` refuses a
+   * guest_memfd range bound twice with `EINVAL`; `kvm-x86-2026`, the KVM x86 tree of 2026,
+   * returns `EEXIST` for overlapping bindings.
+   */
+  guestMemfdTree: {
+    values: ['mainline', 'kvm-x86-2026'],
+    mainline: 'mainline',
+    feature: null,
+    label: 'gmem-tree',
+    labelAtMainline: false,
+    description:
+      'Where the guest_memfd binding code comes from: mainline (an overlapping binding is EINVAL) or the KVM x86 tree of 2026 (EEXIST)',
   },
 } as const;
 
@@ -51,6 +83,10 @@ export type KernelFeatures = { [K in KernelSwitchName]: KernelSwitchValue<K> };
 export type TerminateVmSemantics = KernelSwitchValue<'terminateVm'>;
 /** Leaf size for private mappings. */
 export type PrivatePageSize = KernelSwitchValue<'privatePageSize'>;
+/** Which `KVM_CREATE_GUEST_MEMFD` flags the kernel knows. */
+export type GuestMemfdFlagsSupport = KernelSwitchValue<'guestMemfdFlags'>;
+/** Which tree the guest_memfd binding code comes from. */
+export type GuestMemfdTree = KernelSwitchValue<'guestMemfdTree'>;
 
 /** A kernel feature an operation can need: the feature of one of the {@link KERNEL_SWITCHES}. */
 export type KernelFeatureName = NonNullable<(typeof KERNEL_SWITCHES)[KernelSwitchName]['feature']>;
@@ -78,13 +114,16 @@ export function isKernelSwitchValue<K extends KernelSwitchName>(
   return valuesOf(name).some((allowed) => allowed === value);
 }
 
-/** The mainline kernel: every switch at its mainline value (no terminate, no link, 4 KiB pages). */
+/**
+ * The mainline kernel: every switch at its mainline value (no terminate, no link, 4 KiB pages,
+ * the guest_memfd flags of 6.18, mainline's binding code).
+ */
 export const MAINLINE_KERNEL: KernelFeatures = Object.fromEntries(
   KERNEL_SWITCH_NAMES.map((name) => [name, KERNEL_SWITCHES[name].mainline]),
 ) as KernelFeatures;
 
 /**
- * Every combination of the kernel switches (3 x 2 x 2 = 12), the first switch varying slowest
+ * Every combination of the kernel switches (3 x 2 x 2 x 2 x 2 = 48), the first switch varying slowest
  * and each switch's values in their declared order: mainline first.
  */
 export const ALL_KERNELS: readonly KernelFeatures[] = KERNEL_SWITCH_NAMES.reduce<
@@ -100,25 +139,33 @@ export function hasKernelFeature(kernel: KernelFeatures, name: KernelSwitchName)
   return kernel[name] !== KERNEL_SWITCHES[name].mainline;
 }
 
-/** A short label of a kernel, e.g. `terminate=v4 link=on 2M`. */
+/**
+ * A short label of a kernel, e.g. `terminate=v4 link=on 2M` or `terminate=none link=off 4K
+ * gmem-tree=kvm-x86-2026`: a switch that a label shows only off mainline is left out at it.
+ */
 export function kernelLabel(kernel: KernelFeatures): string {
-  return KERNEL_SWITCH_NAMES.map((name) => {
-    const { label } = KERNEL_SWITCHES[name];
+  return KERNEL_SWITCH_NAMES.flatMap((name) => {
+    const { label, labelAtMainline, mainline } = KERNEL_SWITCHES[name];
     const value = kernel[name];
+    if (!labelAtMainline && value === mainline) return [];
     const shown = typeof value === 'boolean' ? (value ? 'on' : 'off') : value;
-    return label === null ? shown : `${label}=${shown}`;
+    return [label === null ? shown : `${label}=${shown}`];
   }).join(' ');
 }
 
 /**
  * Every switch of a kernel as `name=value`, e.g. `terminateVm=v4 linkGuestMemfd=true
- * privatePageSize=4K`: distinct for distinct kernels, so it also keys what is built per kernel.
+ * privatePageSize=4K guestMemfdFlags=mmap guestMemfdTree=mainline`: distinct for distinct kernels, so it also keys what is built per kernel.
  */
 export function kernelSwitchesText(kernel: KernelFeatures): string {
   return KERNEL_SWITCH_NAMES.map((name) => `${name}=${String(kernel[name])}`).join(' ');
 }
 
 /** `a, b or c`: a switch's values as a validation message lists them. */
+export function kernelSwitchValuesText(name: KernelSwitchName): string {
+  return orList(valuesOf(name));
+}
+
 function orList(values: readonly (string | boolean)[]): string {
   const words = values.map(String);
   const last = words.pop();

@@ -91,3 +91,14 @@ export function subtractRanges(a: Ranges, b: Ranges): Ranges {
 export function shiftRanges(ranges: Ranges, delta: number): Ranges {
   return ranges.map(([s, e]) => [s + delta, e + delta]);
 }
+
+/** Pages of `ranges` that lie in whole, aligned leaves of `leafPages` pages. */
+export function wholeLeafPages(ranges: Ranges, leafPages: number): number {
+  let pages = 0;
+  for (const [start, end] of ranges) {
+    const first = Math.ceil(start / leafPages);
+    const last = Math.floor(end / leafPages);
+    if (last > first) pages += (last - first) * leafPages;
+  }
+  return pages;
+}

@@ -1,9 +1,13 @@
 import type { HostConfig } from './config.js';
+import type { HkidReleaseFailure } from './faults.js';
 import type { Ranges } from './ranges.js';
 
 /** KVM's view of a TD. */
 export type TdState = 'UNINITIALIZED' | 'INITIALIZED' | 'RUNNABLE';
-/** The TDX module's key life cycle of a TD; `NONE` before `KVM_TDX_INIT_VM`. */
+/**
+ * The TDX module's key life cycle of a TD; `NONE` before `KVM_TDX_INIT_VM`. A TD stays `BLOCKED`
+ * only when `KEY.FREEID` failed: its HKID is leaked and no page of it can be reclaimed.
+ */
 export type KeyState = 'NONE' | 'HKID_ASSIGNED' | 'KEYS_CONFIGURED' | 'BLOCKED' | 'TEARDOWN';
 /** A vCPU's TDX state. */
 export type VcpuTdState = 'UNINITIALIZED' | 'INITIALIZED';
@@ -61,8 +65,13 @@ export interface VmState {
   mappedPages: number;
 }
 
-/** An open file: what an fd number refers to. */
+/**
+ * An open file: what an fd number refers to. `/dev/kvm` and plain memfds hold no VM reference;
+ * they are there to be passed where a guest_memfd is expected.
+ */
 export type FileState =
+  | { fd: number; kind: 'kvm' }
+  | { fd: number; kind: 'memfd'; pages: number }
   | { fd: number; kind: 'vm'; vm: number }
   | { fd: number; kind: 'vcpu'; vm: number; vcpu: number }
   | {
@@ -118,6 +127,12 @@ export interface HostState {
   inodes: Record<string, InodeState>;
   mmaps: Record<string, MmapState>;
   inFlight: InFlightRelease[];
+  /** HKIDs lost for good to a failed release: owned by no VM, never free until the host reboots. */
+  leakedHkids: number[];
+  /** Pages lost for good with a TD whose HKID release failed (nothing can reclaim them). */
+  leakedPages: number;
+  /** The HKID release steps armed to fail, each at its next attempt (then disarmed). */
+  failNext: Record<HkidReleaseFailure, boolean>;
   /** Next ids; fd numbers are never reused, so a script can name them without ambiguity. */
   next: { vm: number; fd: number; inode: number; mmap: number; release: number };
 }

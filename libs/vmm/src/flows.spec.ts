@@ -10,6 +10,7 @@ import {
   type HostConfigInput,
   type HostState,
   type KernelFeatures,
+  MAINLINE_KERNEL,
   PAGES_PER_GIB,
   PAGE_BYTES,
   type PrivatePageSize,
@@ -58,7 +59,7 @@ function kernel(
   linkGuestMemfd: boolean,
   privatePageSize: PrivatePageSize = '4K',
 ): KernelFeatures {
-  return { terminateVm, linkGuestMemfd, privatePageSize };
+  return { ...MAINLINE_KERNEL, terminateVm, linkGuestMemfd, privatePageSize };
 }
 
 /** A host with room for a few VMs of {@link SHAPE}: 16 GiB, 8 HKIDs, 2 packages, 32 CPUs. */

@@ -38,6 +38,7 @@ export const STEP_NAMES = [
   'init-vm',
   'create-vcpus',
   'create-guest-memfd',
+  'preallocate-guest-memfd',
   'map-guest-memfd',
   'create-memslots',
   'init-vcpus',

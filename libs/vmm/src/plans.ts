@@ -1,4 +1,5 @@
 import {
+  FALLOC_FLAGS,
   GIB_BYTES,
   KERNEL_SWITCHES,
   type KernelFeatureName,
@@ -32,6 +33,12 @@ export interface VmShape {
   initialRegionBytes?: number;
   /** Memory the guest faults in once running; default all of it. */
   faultInBytes?: number;
+  /**
+   * Whether the VMM preallocates the guest memory (`fallocate(FALLOC_FL_KEEP_SIZE)` right after
+   * creating each guest_memfd), as most VMMs do: the host's memory is taken at boot, before the
+   * guest touches it, and a reuse reboot keeps all of it. Default false: taken as faulted in.
+   */
+  preallocate?: boolean;
 }
 
 /** One guest_memfd of a running VM: its fd, its userspace mapping and the slot it backs. */
@@ -126,6 +133,9 @@ export function shapeProblem(shape: VmShape): string | null {
   const faultIn = shape.faultInBytes ?? shape.memoryBytes;
   if (faultIn % TWO_MIB !== 0 || faultIn < initial || faultIn > shape.memoryBytes) {
     return 'faultInBytes must be a multiple of 2 MiB between the initial region and memory';
+  }
+  if (shape.preallocate !== undefined && typeof shape.preallocate !== 'boolean') {
+    return 'preallocate must be true or false';
   }
   return null;
 }
@@ -282,6 +292,24 @@ function bootSteps(shape: VmShape, linked: VmHandles | null): PlanStep[] {
         })),
       ),
     );
+    if (shape.preallocate === true) {
+      // A linked boot needs none: the old inodes already hold the memory.
+      memorySteps.push(
+        step(
+          'preallocate-guest-memfd',
+          'boot',
+          memfds.map((m, j) => ({
+            call: {
+              op: 'fallocate',
+              fd: ref(n.gmem(j)),
+              mode: FALLOC_FLAGS.FALLOC_FL_KEEP_SIZE,
+              offset: 0,
+              bytes: m.bytes,
+            },
+          })),
+        ),
+      );
+    }
   }
   memorySteps.push(
     step(
@@ -550,7 +578,13 @@ function cacheKey(kind: string, shape: VmShape | null, handles: VmHandles | null
   const numbers: number[] = [];
   if (shape !== null) {
     const initial = shape.initialRegionBytes ?? DEFAULT_INITIAL_REGION_BYTES;
-    numbers.push(shape.vcpus, shape.memoryBytes, initial, shape.faultInBytes ?? shape.memoryBytes);
+    numbers.push(
+      shape.vcpus,
+      shape.memoryBytes,
+      initial,
+      shape.faultInBytes ?? shape.memoryBytes,
+      shape.preallocate === true ? 1 : 0,
+    );
   }
   if (handles !== null) {
     numbers.push(handles.vcpus.length, handles.guestMemfds.length);

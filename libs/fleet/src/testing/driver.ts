@@ -4,7 +4,13 @@
  * on one host interleaved the way concurrent workers would run them. Not exported from the
  * library's index; used by the `*.spec.ts` files only.
  */
-import { ALL_KERNELS, GIB_BYTES, type KernelFeatures, kernelLabel } from '#tdx-sim';
+import {
+  ALL_KERNELS,
+  GIB_BYTES,
+  type KernelFeatures,
+  kernelLabel,
+  MAINLINE_KERNEL,
+} from '#tdx-sim';
 import type { RebootStrategy, TerminateStrategy } from '#vmm';
 import { type ExecutorOptions, type FleetEvent, advanceHost } from '../executor.js';
 import { type HostSpec, createHostDocument } from '../host-document.js';
@@ -17,24 +23,28 @@ export { ALL_KERNELS, GIB_BYTES, kernelLabel };
 
 /** The mainline kernel: cold reboot and close only. */
 export const MAINLINE: KernelFeatures = {
+  ...MAINLINE_KERNEL,
   terminateVm: 'none',
   linkGuestMemfd: false,
   privatePageSize: '4K',
 };
 /** TERMINATE v4 without linking: adds the terminate strategies. */
 export const V4: KernelFeatures = {
+  ...MAINLINE_KERNEL,
   terminateVm: 'v4',
   linkGuestMemfd: false,
   privatePageSize: '4K',
 };
 /** TERMINATE v4 with guest_memfd linking: every strategy. */
 export const V4_LINK: KernelFeatures = {
+  ...MAINLINE_KERNEL,
   terminateVm: 'v4',
   linkGuestMemfd: true,
   privatePageSize: '4K',
 };
 /** The August 2025 semantics with linking and 2 MiB leaves: every strategy. */
 export const AUG_LINK_2M: KernelFeatures = {
+  ...MAINLINE_KERNEL,
   terminateVm: 'aug2025',
   linkGuestMemfd: true,
   privatePageSize: '2M',

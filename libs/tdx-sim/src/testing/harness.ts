@@ -179,6 +179,7 @@ export function defined<T>(value: T | undefined | null, what: string): T {
 export function memoryImbalance(state: HostState): number {
   let held = state.freePages;
   for (const release of state.inFlight) held += release.pages;
+  held += state.leakedPages;
   for (const vm of Object.values(state.vms)) {
     held += vm.controlPages + vm.septPages;
     for (const vcpu of vm.vcpus) held += vcpu.controlPages;
@@ -188,13 +189,14 @@ export function memoryImbalance(state: HostState): number {
 }
 
 /**
- * HKID conservation computed directly from the state: the free, in-flight and owned HKIDs are
- * exactly 1..pool, each once. Returns the problems found.
+ * HKID conservation computed directly from the state: the free, in-flight, leaked and owned HKIDs
+ * are exactly 1..pool, each once. Returns the problems found.
  */
 export function hkidProblems(state: HostState): string[] {
   const all = [
     ...state.freeHkids,
     ...state.inFlight.flatMap((r) => r.hkids),
+    ...state.leakedHkids,
     ...Object.values(state.vms).flatMap((vm) => (vm.hkid === null ? [] : [vm.hkid])),
   ].sort((a, b) => a - b);
   const expected = Array.from({ length: state.config.hkids }, (_, i) => i + 1);
