@@ -41,11 +41,14 @@ function valueText(value: unknown): string {
   }
   if (typeof value === 'object' && value !== null) {
     // A kernel: its switches as short labels (terminate:v4,link:on,2M), one word in a name.
+    // Switches a label shows only off mainline (labelAtMainline false) are left out at it.
     return Object.entries(value as Record<string, unknown>)
-      .map(([name, v]) => {
-        const label = isKernelSwitch(name) ? KERNEL_SWITCHES[name].label : name;
+      .flatMap(([name, v]) => {
+        if (!isKernelSwitch(name)) return [`${name}:${String(v)}`];
+        const { label, labelAtMainline, mainline } = KERNEL_SWITCHES[name];
+        if (!labelAtMainline && v === mainline) return [];
         const shown = typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
-        return label === null ? shown : `${label}:${shown}`;
+        return [label === null ? shown : `${label}:${shown}`];
       })
       .join(',');
   }
