@@ -138,7 +138,7 @@ describe('experiment record and replay against a live daemon at TIME_SCALE=0', (
       const wave = await Promise.all(['vm-1', 'vm-3'].map(reboot));
       stormJobs.push(...(await finished(wave)));
       // The last job.finished events are on their way to the recorder.
-      await sleep(500);
+      await sleep(1000);
       recorder.child.kill('SIGTERM');
       const code = await recorder.exited(20_000);
       assert.equal(code, 0, recorder.stderr());
