@@ -16,7 +16,7 @@ const COMMANDS = {
     run: (args: string[]) => Promise.resolve(runSim(args, 'tdx-fleet sim')),
   },
   experiment: {
-    usage: 'experiment <run|list|show|schema|compare|concurrency> [options]',
+    usage: 'experiment <run|list|show|schema|compare|concurrency|record|replay> [options]',
     about: 'load experiments on the offline engine or a live daemon, with reports',
     run: (args: string[]) => runExperimentCommand(args, 'tdx-fleet experiment'),
   },

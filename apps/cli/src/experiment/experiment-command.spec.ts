@@ -78,7 +78,16 @@ describe('tdx-fleet experiment', { concurrency: true }, () => {
   });
 
   it('--help for each subcommand; a bad argument is one line and exit 2', async () => {
-    for (const sub of ['run', 'list', 'show', 'schema', 'compare', 'concurrency']) {
+    for (const sub of [
+      'run',
+      'list',
+      'show',
+      'schema',
+      'compare',
+      'concurrency',
+      'record',
+      'replay',
+    ]) {
       const { status, stdout } = await experiment(sub, '--help');
       assert.equal(status, 0, sub);
       assert.match(stdout, new RegExp(`^usage: tdx-fleet experiment ${sub}`));
@@ -91,6 +100,12 @@ describe('tdx-fleet experiment', { concurrency: true }, () => {
       ['run', 'seed-table', '--seed', '-1'],
       ['run', 'no-such-scenario'],
       ['compare', 'a.json'],
+      ['record', '--api', 'http://127.0.0.1:1'],
+      ['record', '--out', 'r.json', '--seconds', '0'],
+      ['replay'],
+      ['replay', 'examples/fleet-storm.json', '--strategy', 'warm'],
+      ['replay', 'examples/fleet-storm.json', '--link-guest-memfd', 'yes'],
+      ['replay', 'no-such-recording.json'],
     ]) {
       const { status, stdout, stderr } = await experiment(...args);
       assert.equal(status, 2, args.join(' '));

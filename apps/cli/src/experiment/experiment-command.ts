@@ -23,6 +23,8 @@ import { compareHtml, compareMarkdown, compareTable } from './compare-render.js'
 import { formatMetric } from './format-units.js';
 import { runDaemonExperiment } from './daemon-experiment.js';
 import { type Progress, startProgress } from './progress.js';
+import { recordCommand } from './record-command.js';
+import { replayCommand } from './replay-command.js';
 import { gitRevision, packageVersion } from './provenance.js';
 import {
   ResultFileError,
@@ -74,6 +76,19 @@ const SUBCOMMANDS: Record<string, Subcommand> = {
     usage: 'concurrency SCENARIO [--seed N] [--repeat N] [--max N] [--json] [--quiet]',
     about: "the largest per-host reboot concurrency that meets the scenario's thresholds",
     run: concurrencyCommand,
+  },
+  record: {
+    usage: 'record --api URL [--token T] [--seconds N] [--host-prefix P] --out FILE',
+    about:
+      "a live daemon's hosts, VMs and requests (until N seconds or SIGINT) as a fleet file for sim fleet and replay",
+    run: recordCommand,
+  },
+  replay: {
+    usage:
+      'replay FILE [--strategy cold|terminate|reuse] [--terminate-vm none|v4|aug2025] [--link-guest-memfd on|off] [--private-page-size 4K|2M] [--json]',
+    about:
+      'a fleet file (a recording) offline as written and with another reboot strategy or kernel, side by side',
+    run: replayCommand,
   },
 };
 
