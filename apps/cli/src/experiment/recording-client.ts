@@ -1,5 +1,5 @@
 import { ExperimentError } from '#experiments';
-import { COST_MODELS } from '#tdx-sim';
+import { COST_MODELS, KERNEL_SWITCH_NAMES, type KernelFeatures, kernelProblem } from '#tdx-sim';
 import { z } from 'zod';
 import { type RecordedHost, type RecordedJob, type RecordedVm } from './recording.js';
 
@@ -16,11 +16,15 @@ const hostSchema = z.object({
     cpus: z.number(),
     hkidCgroupLimit: z.number().nullable(),
   }),
-  kernel: z.object({
-    terminateVm: z.enum(['none', 'v4', 'aug2025']),
-    linkGuestMemfd: z.boolean(),
-    privatePageSize: z.enum(['4K', '2M']),
-  }),
+  // Every switch this version declares, with a value it knows (one declaration: KERNEL_SWITCHES).
+  kernel: z.custom<KernelFeatures>(
+    (value) =>
+      typeof value === 'object' &&
+      value !== null &&
+      KERNEL_SWITCH_NAMES.every((name) => Object.hasOwn(value, name)) &&
+      kernelProblem(value as Record<string, unknown>) === null,
+    { error: 'a kernel with every switch this version knows' },
+  ),
   costModel: z.enum(COST_MODELS),
 });
 

@@ -2,6 +2,7 @@
 // its requests at a time scale and at TIME_SCALE 0.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import { fleetInput } from '../../../sim/src/fleet-file.js';
 import { type RecordedJob, type Recording, recordedFleetFile } from './recording.js';
 
@@ -11,7 +12,7 @@ const HOST = {
   packages: 2,
   cpus: 128,
   hkidCgroupLimit: null,
-  kernel: { terminateVm: 'none', linkGuestMemfd: false, privatePageSize: '4K' },
+  kernel: MAINLINE_KERNEL,
   costModel: 'calibrated',
 } as const;
 
