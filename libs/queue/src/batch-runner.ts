@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type BatchRecord, FleetError, memberFinished, submissionsAllowed } from '#fleet';
+import { type BatchRecord, memberFinished, submissionsAllowed } from '#fleet';
 import type { FleetStore } from '#store';
-import type { FleetService } from './fleet.service.js';
+import type { FleetService, SubmitOutcome } from './fleet.service.js';
 
 /** How a batch run ended for the queue. */
 export type BatchOutcome = { kind: 'done' } | { kind: 'handed-back' };
@@ -9,9 +9,11 @@ export type BatchOutcome = { kind: 'done' } | { kind: 'handed-back' };
 const POLL_MS = 100;
 
 /**
- * Drives one batch: submits its members' operations within its concurrency and rate, follows
- * them to their end, and records each outcome. Resumable: each member's submission carries an
- * Idempotency-Key derived from the batch, so a batch picked up again never submits twice.
+ * Drives one batch: submits its members' operations within its concurrency and rate (those of
+ * a round together, so that a host's members arrive there at once, in the batch's order),
+ * follows them to their end, and records each outcome. Resumable: each member's submission
+ * carries an Idempotency-Key derived from the batch, so a batch picked up again never submits
+ * twice.
  */
 export class BatchRunner {
   constructor(
@@ -49,28 +51,34 @@ export class BatchRunner {
       if (job.error !== null) member.error = { code: job.error.code, message: job.error.message };
     }
     const now = this.now();
-    let allowed = submissionsAllowed({ ...batch, members }, now);
-    for (const member of members) {
-      if (allowed <= 0) break;
-      if (member.state !== 'pending') continue;
-      allowed -= 1;
+    const allowed = submissionsAllowed({ ...batch, members }, now);
+    const chosen = members.filter((m) => m.state === 'pending').slice(0, allowed);
+    if (chosen.length > 0) {
       changed = true;
-      member.submittedAtMs = now;
-      try {
-        const { job } = await this.service.submit(
-          member.vmId,
-          batch.spec.action,
-          batch.spec.strategy,
-          { key: `${batch.id}:${member.vmId}`, fingerprint: `batch ${batch.id} ${member.vmId}` },
-          batch.id,
-        );
-        member.jobId = job.id;
-        member.state = job.state;
-      } catch (error) {
-        if (!(error instanceof FleetError)) throw error;
-        member.state = 'rejected';
-        member.error = { code: error.code, message: error.message };
-      }
+      // Submitted together: the members on one host arrive there at once, in the batch's order.
+      const outcomes = await this.service.submitMany(
+        chosen.map((member) => ({
+          vmId: member.vmId,
+          action: batch.spec.action,
+          strategy: batch.spec.strategy,
+          idempotency: {
+            key: `${batch.id}:${member.vmId}`,
+            fingerprint: `batch ${batch.id} ${member.vmId}`,
+          },
+          batchId: batch.id,
+        })),
+      );
+      chosen.forEach((member, i) => {
+        const outcome = outcomes[i] as SubmitOutcome;
+        member.submittedAtMs = now;
+        if (outcome.ok) {
+          member.jobId = outcome.job.id;
+          member.state = outcome.job.state;
+        } else {
+          member.state = 'rejected';
+          member.error = { code: outcome.error.code, message: outcome.error.message };
+        }
+      });
     }
     const done = members.every(memberFinished);
     return {

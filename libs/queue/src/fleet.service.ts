@@ -25,11 +25,11 @@ import {
   jobView,
   requestCancel,
   selectBatchMembers,
-  submitOperation,
   vmView,
 } from '#fleet';
 import type { FleetStore } from '#store';
 import { strategiesOf } from '#vmm';
+import { submitOnHost } from './host-submissions.js';
 import type { FleetQueues } from './queues.js';
 
 /** How many times (100 ms apart) a replayed key waits for its first request's job. */
@@ -48,6 +48,28 @@ export interface Idempotency {
   key: string;
   /** Method, path and body of the request: the same key with another request is refused. */
   fingerprint: string;
+}
+
+/** One reboot or terminate of {@link FleetService.submitMany}. */
+export interface SubmitRequest {
+  vmId: string;
+  action: 'reboot' | 'terminate';
+  strategy: Strategy;
+  idempotency?: Idempotency;
+  /** The batch the operation belongs to, if any. */
+  batchId?: string;
+}
+
+/** What became of one request of `submitMany`: its job, or the domain error that refused it. */
+export type SubmitOutcome =
+  { ok: true; job: JobView; replayed: boolean } | { ok: false; error: FleetError };
+
+/** A request that passed its checks and claimed its key, with its place among the requests. */
+interface AdmittedRequest {
+  request: SubmitRequest;
+  opId: string;
+  hostId: string;
+  index: number;
 }
 
 /** `POST /v1/vms`. */
@@ -203,36 +225,135 @@ export class FleetService {
     idempotency?: Idempotency,
     batchId?: string,
   ): Promise<{ job: JobView; replayed: boolean }> {
+    const request = { vmId, action, strategy, idempotency, batchId };
+    const outcome = (await this.submitMany([request]))[0] as SubmitOutcome;
+    if (!outcome.ok) throw outcome.error;
+    return { job: outcome.job, replayed: outcome.replayed };
+  }
+
+  /**
+   * Queues several reboots and terminates at once. Those on one host are committed in one
+   * compare-and-set of its document, in the given order: they arrive together, at the host's
+   * clock, and queue there in that order. Each request is answered for itself: its job, or the
+   * domain error that refused it (the others go on). Other errors (Redis) are thrown.
+   */
+  async submitMany(requests: readonly SubmitRequest[]): Promise<SubmitOutcome[]> {
+    const admissions = await Promise.allSettled(requests.map((r) => this.admit(r)));
+    const outcomes: SubmitOutcome[] = [];
+    const byHost = new Map<string, AdmittedRequest[]>();
+    admissions.forEach((admission, index) => {
+      if (admission.status === 'rejected') return;
+      const value = admission.value;
+      if ('ok' in value) {
+        outcomes[index] = value;
+        return;
+      }
+      const onHost = byHost.get(value.hostId) ?? [];
+      onHost.push({ ...value, index });
+      byHost.set(value.hostId, onHost);
+    });
+    const failed = admissions.find((a) => a.status === 'rejected');
+    if (failed !== undefined) {
+      // Nothing is committed: the keys of the requests that got this far are given back.
+      const admitted = [...byHost.values()].flat();
+      await Promise.all(admitted.map((a) => this.releaseKey(a.request)));
+      throw failed.reason;
+    }
+    const commits = await Promise.allSettled(
+      [...byHost].map(async ([hostId, admitted]) => {
+        const answers = await this.commitOnHost(hostId, admitted);
+        admitted.forEach((a, i) => (outcomes[a.index] = answers[i] as SubmitOutcome));
+      }),
+    );
+    const broken = commits.find((c) => c.status === 'rejected');
+    if (broken !== undefined) throw broken.reason;
+    return outcomes;
+  }
+
+  /**
+   * A request's checks, idempotency claim and VM lookup: its outcome when it ends there (a
+   * replay, a refusal), else its operation id and host.
+   */
+  private async admit(
+    request: SubmitRequest,
+  ): Promise<SubmitOutcome | Omit<AdmittedRequest, 'index'>> {
+    const { vmId, action, strategy, idempotency } = request;
     const allowed = strategiesOf(action);
     if (!allowed.includes(strategy)) {
-      throw new InvalidRequestError(`strategy of a ${action} must be one of ${allowed.join(', ')}`);
+      const error = new InvalidRequestError(
+        `strategy of a ${action} must be one of ${allowed.join(', ')}`,
+      );
+      return { ok: false, error };
     }
     const opId = this.env.newId();
-    const replay = await this.claim(idempotency, opId, vmId);
-    if (replay !== null) return { job: replay.job, replayed: true };
+    let replay;
+    try {
+      replay = await this.claim(idempotency, opId, vmId);
+    } catch (error) {
+      if (!(error instanceof FleetError)) throw error;
+      return { ok: false, error };
+    }
+    if (replay !== null) return { ok: true, job: replay.job, replayed: true };
     try {
       const { doc, vm } = await this.store.requireVm(vmId);
       // A terminated VM has left its host's document: refused here, as the document would.
       if (vm.state === 'terminated') throw new VmStateConflictError(vm.id, vm.state, action);
-      await this.store.indexJob(opId, doc.id);
-      const { value } = await this.store.update(doc.id, (current) => {
-        const submitted = submitOperation(current, {
-          opId,
-          vmId,
-          action,
-          strategy,
-          nowMs: this.env.now(),
-          timeScale: this.env.timeScale,
-          idempotencyKey: idempotency?.key ?? null,
-          batchId: batchId ?? null,
-        });
-        return { doc: submitted.doc, value: submitted.op };
-      });
-      await this.queues.addOperation({ opId, hostId: doc.id });
-      return { job: jobView(value, this.env.now()), replayed: false };
+      return { request, opId, hostId: doc.id };
     } catch (error) {
-      if (idempotency !== undefined) await this.store.releaseIdempotency(idempotency.key);
-      throw error;
+      await this.releaseKey(request);
+      if (!(error instanceof FleetError)) throw error;
+      return { ok: false, error };
+    }
+  }
+
+  /** Commits a host's admitted requests in one change of its document, then queues their jobs. */
+  private async commitOnHost(
+    hostId: string,
+    admitted: readonly AdmittedRequest[],
+  ): Promise<SubmitOutcome[]> {
+    let results: Array<OperationRecord | FleetError>;
+    try {
+      await Promise.all(admitted.map((a) => this.store.indexJob(a.opId, hostId)));
+      ({ value: results } = await this.store.update(hostId, (current) => {
+        const nowMs = this.env.now();
+        const submitted = submitOnHost(
+          current,
+          admitted.map(({ request, opId }) => ({
+            opId,
+            vmId: request.vmId,
+            action: request.action,
+            strategy: request.strategy,
+            nowMs,
+            timeScale: this.env.timeScale,
+            idempotencyKey: request.idempotency?.key ?? null,
+            batchId: request.batchId ?? null,
+          })),
+        );
+        return { doc: submitted.doc, value: submitted.results };
+      }));
+    } catch (error) {
+      await Promise.all(admitted.map((a) => this.releaseKey(a.request)));
+      if (!(error instanceof FleetError)) throw error;
+      return admitted.map(() => ({ ok: false, error }));
+    }
+    const outcomes: SubmitOutcome[] = [];
+    const accepted: OperationRecord[] = [];
+    for (const [i, result] of results.entries()) {
+      if (result instanceof FleetError) {
+        await this.releaseKey((admitted[i] as AdmittedRequest).request);
+        outcomes.push({ ok: false, error: result });
+      } else {
+        accepted.push(result);
+        outcomes.push({ ok: true, job: jobView(result, this.env.now()), replayed: false });
+      }
+    }
+    await this.queues.addOperations(accepted.map((op) => ({ opId: op.id, hostId })));
+    return outcomes;
+  }
+
+  private async releaseKey(request: SubmitRequest): Promise<void> {
+    if (request.idempotency !== undefined) {
+      await this.store.releaseIdempotency(request.idempotency.key);
     }
   }
 

@@ -44,6 +44,14 @@ export class FleetQueues {
     await this.operations.add('operation', data, { jobId: data.opId });
   }
 
+  /** Adds several operations' jobs in one round trip, in the given order. */
+  async addOperations(data: readonly OperationJobData[]): Promise<void> {
+    if (data.length === 0) return;
+    await this.operations.addBulk(
+      data.map((d) => ({ name: 'operation', data: d, opts: { jobId: d.opId } })),
+    );
+  }
+
   async addBatch(data: BatchJobData): Promise<void> {
     await this.batches.add('batch', data, { jobId: data.batchId });
   }

@@ -56,6 +56,31 @@ const hostSchema = z.object({
 });
 export type DaemonHost = z.output<typeof hostSchema>;
 
+/** A batch as the target reads it (`GET /v1/batches/{id}`): each member's job or refusal. */
+const batchSchema = z.object({
+  id: z.string(),
+  createdAtMs: z.number(),
+  members: z.array(
+    z.object({
+      vmId: z.string(),
+      state: z.enum(['pending', ...jobStates, 'rejected']),
+      jobId: z.string().nullable(),
+      error: z.object({ code: z.string(), message: z.string() }).nullable(),
+      submittedAtMs: z.number().nullable(),
+    }),
+  ),
+});
+export type DaemonBatch = z.output<typeof batchSchema>;
+
+/** What `POST /v1/batches` takes of a batch of listed VMs. */
+export interface BatchRequest {
+  selector: { vmIds: string[] };
+  action: string;
+  strategy: string;
+  maxConcurrency: number;
+  ratePerSecond: number | null;
+}
+
 const infoSchema = z.object({
   timeScale: z.number().min(0),
   hostConcurrency: z.number().int(),
@@ -140,6 +165,18 @@ export class DaemonClient {
   ): Promise<DaemonJob> {
     const path = `/v1/vms/${encodeURIComponent(vmId)}/${action}`;
     return (await this.call('POST', path, jobEnvelopeSchema, { strategy }, onSent)).job;
+  }
+
+  /** Starts a batch; `onSent` hears the real time the request went out. */
+  createBatch(batch: BatchRequest, onSent?: (realMs: number) => void): Promise<DaemonBatch> {
+    // The API takes no rate as "as fast as concurrency allows".
+    const { ratePerSecond, ...rest } = batch;
+    const body = ratePerSecond === null ? rest : batch;
+    return this.call('POST', '/v1/batches', batchSchema, body, onSent);
+  }
+
+  batch(batchId: string): Promise<DaemonBatch> {
+    return this.call('GET', `/v1/batches/${encodeURIComponent(batchId)}`, batchSchema);
   }
 
   job(jobId: string): Promise<DaemonJob> {

@@ -15,6 +15,7 @@ import {
 } from '#experiments';
 import { gibToBytes } from '#tdx-sim';
 import { toMicros, toSeconds } from '#vmm';
+import { type MemberSubmission, submissionGroups, submitAsBatch } from './batch-submission.js';
 import { DaemonClient, type DaemonJob, DaemonRefusal } from './daemon-client.js';
 import { FleetSampler } from './fleet-sampler.js';
 import { JobWatcher } from './job-watcher.js';
@@ -30,10 +31,12 @@ import { terminateAll } from './run-cleanup.js';
 //
 // Order of events. The driver hears ends and timers in order of time, a time's ends before its
 // timer (as offline, where the engine runs up to a timer before it fires), and what they issue
-// at one time is submitted together. At TIME_SCALE > 0 they go to it once the run's clock has
-// reached them (an end as soon as it is heard, a timer at its real time). At TIME_SCALE 0 the
-// daemon does not wait and ends come in whatever order the workers finish them: they are held
-// until no job of the run is in flight (then none can end earlier), and timers fire at once.
+// at one time is submitted together: as one batch, whose members on one host the daemon commits
+// there at once and in order, so that they arrive together as offline. At TIME_SCALE > 0 they
+// go to it once the run's clock has reached them (an end as soon as it is heard, a timer at its
+// real time). At TIME_SCALE 0 the daemon does not wait and ends come in whatever order the
+// workers finish them: they are held until no job of the run is in flight (then none can end
+// earlier), and timers fire at once.
 
 export interface DaemonRunOptions {
   /** The daemon's base URL (`http://127.0.0.1:3000`). */
@@ -367,12 +370,19 @@ class DaemonRun {
     return this.driver.ended(end.vmId, end.t, end.outcome);
   }
 
-  /** Submits requests issued at `requestedAt` on the run's clock, all at once. */
+  /**
+   * Submits requests issued at `requestedAt` on the run's clock, all at once: several of one
+   * action and strategy as one batch (a host's then arrive there together, in this order).
+   */
   private submit(requests: readonly PhaseRequest[], requestedAt: number): void {
-    for (const request of requests) {
-      this.issued += 1;
+    for (const group of submissionGroups(requests)) {
+      this.issued += group.length;
       this.pendingSubmissions += 1;
-      void this.submitOne(request, requestedAt).finally(() => {
+      const submitted =
+        group.length === 1
+          ? this.submitOne(group[0] as PhaseRequest, requestedAt)
+          : this.submitBatch(group, requestedAt);
+      void submitted.finally(() => {
         this.pendingSubmissions -= 1;
         this.wakeup.notify();
       });
@@ -380,10 +390,7 @@ class DaemonRun {
   }
 
   private async submitOne(request: PhaseRequest, requestedAt: number): Promise<void> {
-    const vm = this.vmById.get(request.vmId) as FleetVm;
-    const hostIndex = this.hostIndex.get(vm.hostId) ?? 0;
     let sentMs = performance.now();
-    const arrivedAt = (): number => requestedAt + this.clock.lagSeconds(requestedAt, sentMs);
     let job: DaemonJob;
     try {
       job = await this.client.submit(
@@ -393,31 +400,86 @@ class DaemonRun {
         (realMs) => (sentMs = realMs),
       );
     } catch (error) {
-      // A 4xx is the daemon refusing the request before anything changed (busy VM, a plan the
-      // host's kernel refuses, no capacity...); a wrong token is the caller's to fix.
-      if (!(error instanceof DaemonRefusal) || error.status === 401 || error.status === 403) {
-        this.fail(error);
-        return;
-      }
-      this.hold({
-        t: arrivedAt(),
-        hostIndex,
-        vmId: request.vmId,
-        outcome: 'refused',
-        operation: null,
-        refusal: {
-          phase: request.phase,
-          vmId: request.vmId,
-          vmGroup: vm.group,
-          action: request.action,
-          strategy: request.strategy,
-          code: error.code,
-        },
-      });
+      if (this.isRefusal(error)) this.refused(request, requestedAt, sentMs, error.code);
       return;
     }
-    const arrival = arrivedAt();
-    this.follow(job.id, (ended) => {
+    this.followOperation(request, requestedAt, sentMs, job.id);
+  }
+
+  /** Submits requests of one action and strategy, each VM once, as one batch. */
+  private async submitBatch(requests: readonly PhaseRequest[], requestedAt: number): Promise<void> {
+    const first = requests[0] as PhaseRequest;
+    let sentMs = performance.now();
+    let members: MemberSubmission[];
+    try {
+      members = await submitAsBatch(
+        this.client,
+        {
+          vmIds: requests.map((r) => this.prefix + r.vmId),
+          action: first.action,
+          strategy: first.strategy,
+        },
+        { onSent: (realMs) => (sentMs = realMs), stopped: () => this.failure !== null },
+      );
+    } catch (error) {
+      if (this.isRefusal(error)) {
+        for (const request of requests) this.refused(request, requestedAt, sentMs, error.code);
+      }
+      return;
+    }
+    members.forEach((member, i) => {
+      const request = requests[i] as PhaseRequest;
+      if (member.kind === 'job') {
+        this.followOperation(request, requestedAt, member.sentMs, member.jobId);
+      } else this.refused(request, requestedAt, member.sentMs, member.code);
+    });
+  }
+
+  /**
+   * A 4xx is the daemon refusing the request before anything changed (busy VM, a plan the
+   * host's kernel refuses, no capacity...); anything else, and a wrong token, which is the
+   * caller's to fix, fails the run.
+   */
+  private isRefusal(error: unknown): error is DaemonRefusal {
+    if (error instanceof DaemonRefusal && error.status !== 401 && error.status !== 403) return true;
+    this.fail(error);
+    return false;
+  }
+
+  /** When a request meant for `requestedAt` and submitted at real time `sentMs` arrived. */
+  private arrivalOf(requestedAt: number, sentMs: number): number {
+    return requestedAt + this.clock.lagSeconds(requestedAt, sentMs);
+  }
+
+  private refused(request: PhaseRequest, requestedAt: number, sentMs: number, code: string): void {
+    const vm = this.vmById.get(request.vmId) as FleetVm;
+    this.hold({
+      t: this.arrivalOf(requestedAt, sentMs),
+      hostIndex: this.hostIndex.get(vm.hostId) ?? 0,
+      vmId: request.vmId,
+      outcome: 'refused',
+      operation: null,
+      refusal: {
+        phase: request.phase,
+        vmId: request.vmId,
+        vmGroup: vm.group,
+        action: request.action,
+        strategy: request.strategy,
+        code,
+      },
+    });
+  }
+
+  /** Follows a submitted request's job, and holds its end for the driver. */
+  private followOperation(
+    request: PhaseRequest,
+    requestedAt: number,
+    sentMs: number,
+    jobId: string,
+  ): void {
+    const vm = this.vmById.get(request.vmId) as FleetVm;
+    const arrival = this.arrivalOf(requestedAt, sentMs);
+    this.follow(jobId, (ended) => {
       const operation = measuredOperation(ended, {
         request,
         vm,
@@ -429,7 +491,7 @@ class DaemonRun {
       this.latestEnd = Math.max(this.latestEnd, t);
       this.hold({
         t,
-        hostIndex,
+        hostIndex: this.hostIndex.get(vm.hostId) ?? 0,
         vmId: request.vmId,
         outcome:
           ended.state === 'succeeded' || ended.state === 'cancelled' ? ended.state : 'failed',
