@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type HostDocument, advanceHost, createHostDocument, createVm } from '#fleet';
+import { MAINLINE_KERNEL } from '#tdx-sim';
 import { type FleetClient, connectFleet } from '../../../test/support/fleet.js';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
 import { BatchRunner } from './batch-runner.js';
@@ -20,7 +21,12 @@ function hostWithVms(hostId: string, vmIds: readonly string[]): HostDocument {
       hkids: 8,
       packages: 2,
       cpus: 16,
-      kernel: { terminateVm: 'aug2025', linkGuestMemfd: true, privatePageSize: '2M' },
+      kernel: {
+        ...MAINLINE_KERNEL,
+        terminateVm: 'aug2025',
+        linkGuestMemfd: true,
+        privatePageSize: '2M',
+      },
     },
     0,
   );
