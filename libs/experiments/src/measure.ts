@@ -24,6 +24,8 @@ export interface MeasuredOperation {
   strategy: string | null;
   state: 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
   requestedAt: number;
+  /** When it reached its host (after global admission; live, after the submission's lag). */
+  arrivedAt: number | null;
   startedAt: number | null;
   finishedAt: number | null;
   /** The engine's summary of a succeeded operation. */

@@ -110,7 +110,15 @@ export function simulateRun(
         const request = issuedFor.get(op.vmId);
         if (request === undefined) return [];
         issuedFor.delete(op.vmId);
-        operations.push(measured(op, request, vmById));
+        const vm = vmById.get(op.vmId) as FleetVm;
+        operations.push(
+          measuredFromOffline(op, {
+            phase: request.phase,
+            vmGroup: vm.group,
+            vcpus: vm.vcpus,
+            memoryGiB: vm.memoryGiB,
+          }),
+        );
         options.onProgress?.({
           virtualTime: at,
           issued,
@@ -193,23 +201,20 @@ function capacityOf(fleet: BuiltFleet): RunRecord['capacity'] {
   };
 }
 
-function measured(
+/** What an offline operation's record says of it, with where it belongs in the scenario. */
+export function measuredFromOffline(
   op: OfflineOperation,
-  request: PhaseRequest,
-  vmById: ReadonlyMap<string, FleetVm>,
+  where: { phase: string; vmGroup: string; vcpus: number; memoryGiB: number },
 ): MeasuredOperation {
-  const vm = vmById.get(op.vmId) as FleetVm;
   return {
     vmId: op.vmId,
     hostId: op.hostId,
-    phase: request.phase,
-    vmGroup: vm.group,
-    vcpus: vm.vcpus,
-    memoryGiB: vm.memoryGiB,
+    ...where,
     action: op.action,
     strategy: op.strategy,
     state: op.state,
     requestedAt: op.requestedAt,
+    arrivedAt: op.arrivedAt,
     startedAt: op.startedAt,
     finishedAt: op.finishedAt,
     result:

@@ -72,6 +72,8 @@ export class BatchRunner {
         const outcome = outcomes[i] as SubmitOutcome;
         member.submittedAtMs = now;
         if (outcome.ok) {
+          // When its host's commit made the job (hosts are committed one after another).
+          member.submittedAtMs = Date.parse(outcome.job.createdAt);
           member.jobId = outcome.job.id;
           member.state = outcome.job.state;
         } else {

@@ -31,6 +31,7 @@ export function measuredOperation(job: DaemonJob, context: JobContext): Measured
     strategy: job.strategy,
     state: job.state,
     requestedAt,
+    arrivedAt,
     startedAt,
     // A job cancelled before it started ended where it arrived.
     finishedAt: finishedAt ?? arrivedAt,

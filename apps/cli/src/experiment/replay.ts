@@ -1,5 +1,5 @@
-import { type MeasuredOperation, type MetricName, type RunRecord, runMetrics } from '#experiments';
-import { type OfflineInput, type OfflineOperation, OfflineFleet } from '#fleet';
+import { type MetricName, type RunRecord, measuredFromOffline, runMetrics } from '#experiments';
+import { type OfflineInput, OfflineFleet } from '#fleet';
 import { type KernelFeatures, gibToBytes, kernelLabel } from '#tdx-sim';
 import { type RebootStrategy, runnableStrategies } from '#vmm';
 
@@ -110,7 +110,15 @@ export function replayRun(input: OfflineInput, from: number): ReplayRun {
     from,
   );
   const record: RunRecord = {
-    operations: issued.map((op) => measured(op, vmById.get(op.vmId))),
+    operations: issued.map((op) => {
+      const vm = vmById.get(op.vmId);
+      return measuredFromOffline(op, {
+        phase: 'replay',
+        vmGroup: '',
+        vcpus: vm?.vcpus ?? 0,
+        memoryGiB: vm?.memoryGiB ?? 0,
+      });
+    }),
     refusals: output.refusals
       .filter((refusal) => refusal.at >= from)
       .map((refusal) => ({
@@ -147,29 +155,6 @@ export function replayRun(input: OfflineInput, from: number): ReplayRun {
       requestedAt: op.requestedAt,
       downtimeSeconds: op.result?.downtimeSeconds ?? null,
     })),
-  };
-}
-
-function measured(
-  op: OfflineOperation,
-  vm: { vcpus: number; memoryGiB: number } | undefined,
-): MeasuredOperation {
-  return {
-    vmId: op.vmId,
-    hostId: op.hostId,
-    phase: 'replay',
-    vmGroup: '',
-    vcpus: vm?.vcpus ?? 0,
-    memoryGiB: vm?.memoryGiB ?? 0,
-    action: op.action,
-    strategy: op.strategy,
-    state: op.state,
-    requestedAt: op.requestedAt,
-    startedAt: op.startedAt,
-    finishedAt: op.finishedAt,
-    result: op.result,
-    waits: op.waits,
-    error: op.error,
   };
 }
 
