@@ -92,7 +92,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
       assert.equal(created.capacity.hkids, 8);
       assert.equal(created.capacity.packages, 2);
       assert.equal(created.capacity.cpus, 128);
-      assert.deepEqual(created.usage.hkids, { used: 0, total: 8, zombies: 0 });
+      assert.deepEqual(created.usage.hkids, { used: 0, total: 8, zombies: 0, leaked: 0 });
       assert.equal(created.usage.memory.freeBytes, 64 * GIB);
     }
     const defaults = await api.expect(
@@ -131,7 +131,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     assert.ok(booted.memslots.length > 0);
 
     const usage = (await host('host-mainline')).usage;
-    assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0 });
+    assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0, leaked: 0 });
     assert.equal(usage.memory.privateBytes, 8 * GIB);
     assert.ok(usage.memory.controlBytes > 0);
     assert.equal(
@@ -214,7 +214,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     const idle = await host('host-mainline');
     assert.deepEqual([idle.activeJobs, idle.runningJobs, idle.queuedJobs], [0, 0, 0]);
     const usage = idle.usage;
-    assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0 });
+    assert.deepEqual(usage.hkids, { used: 1, total: 8, zombies: 0, leaked: 0 });
     assert.equal(usage.memory.privateBytes, 8 * GIB);
     assert.equal(usage.memory.retainedBytes, 0);
     assert.equal(usage.memory.orphanedBytes, 0);
@@ -229,7 +229,12 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     const afterwards = await vm('vm-v4');
     assert.equal(afterwards.generation, before.generation + 1);
     assert.notEqual(afterwards.guestMemfds[0]?.id, before.guestMemfds[0]?.id);
-    assert.deepEqual((await host('host-v4')).usage.hkids, { used: 1, total: 8, zombies: 0 });
+    assert.deepEqual((await host('host-v4')).usage.hkids, {
+      used: 1,
+      total: 8,
+      zombies: 0,
+      leaked: 0,
+    });
   });
 
   it('reboots with reuse: the same guest_memfds carry over to the new generation', async () => {
@@ -413,7 +418,7 @@ describe('API end to end (API and workers in one process, TIME_SCALE=0)', () => 
     assert.equal(terminated.state, 'terminated');
     assert.equal(terminated.hkid, null);
     const usage = (await host('host-mainline')).usage;
-    assert.deepEqual(usage.hkids, { used: 0, total: 8, zombies: 0 });
+    assert.deepEqual(usage.hkids, { used: 0, total: 8, zombies: 0, leaked: 0 });
     assert.equal(usage.memory.freeBytes, 64 * GIB);
     assert.equal((await host('host-mainline')).vms, 0);
 

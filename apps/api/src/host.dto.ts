@@ -2,6 +2,7 @@ import { type HostView } from '#fleet';
 import {
   COST_MODELS,
   GIB_BYTES,
+  HKID_RELEASE_FAILURES,
   KERNEL_SWITCHES,
   KERNEL_SWITCH_NAMES,
   type KernelSwitchName,
@@ -41,6 +42,44 @@ export const kernelSchema = z.strictObject(
   ),
 );
 
+/** Largest count a fault rule may name. */
+const MAX_FAULT_COUNT = 1_000_000_000;
+
+/** When one step of the HKID release fails, counting its attempts since the setting was made. */
+const releaseFaultRuleSchema = z.union([
+  z.strictObject({
+    failNext: z
+      .number()
+      .int()
+      .min(0)
+      .max(MAX_FAULT_COUNT)
+      .describe('The next n attempts fail, then none'),
+  }),
+  z.strictObject({
+    everyNth: z
+      .number()
+      .int()
+      .min(1)
+      .max(MAX_FAULT_COUNT)
+      .describe('Every k-th attempt fails (1: every one)'),
+  }),
+]);
+
+/** A host's HKID release fault setting (`PUT /v1/hosts/{id}/faults`, and at creation). */
+export const hkidReleaseFaultsSchema = z
+  .strictObject({
+    VPFLUSHDONE: releaseFaultRuleSchema
+      .optional()
+      .describe(`TDH.MNG.VPFLUSHDONE fails: ${HKID_RELEASE_FAILURES.VPFLUSHDONE}`),
+    FREEID: releaseFaultRuleSchema
+      .optional()
+      .describe(`TDH.MNG.KEY.FREEID fails: ${HKID_RELEASE_FAILURES.FREEID}`),
+  })
+  .describe(
+    'Which HKID release attempts fail on the host, for experiments; a step left out never fails',
+  );
+export type HkidReleaseFaultsDto = z.output<typeof hkidReleaseFaultsSchema>;
+
 /** `POST /v1/hosts`. */
 export const createHostSchema = z.strictObject({
   id: resourceIdSchema.optional().describe('Chosen by the server when left out'),
@@ -63,6 +102,7 @@ export const createHostSchema = z.strictObject({
     .describe('The misc cgroup tdx limit; null or absent for none'),
   kernel: kernelSchema.default({ ...MAINLINE_KERNEL }),
   costModel: costModelSchema.optional().describe('Default: calibrated'),
+  hkidReleaseFaults: hkidReleaseFaultsSchema.optional(),
 });
 export type CreateHostDto = z.output<typeof createHostSchema>;
 
@@ -86,13 +126,27 @@ export const hostViewSchema = z.strictObject({
       orphanedBytes: z.number().int().describe('Held by guest_memfds no live VM uses'),
       controlBytes: z.number().int().describe('TDX control structures and Secure EPT'),
       inFlightBytes: z.number().int().describe('Freed by running steps, not yet back'),
+      leakedBytes: z
+        .number()
+        .int()
+        .describe('Held by TDs whose HKID release failed: never reclaimed until the host reboots'),
     }),
     hkids: z.strictObject({
-      used: z.number().int(),
-      total: z.number().int(),
-      zombies: z.number().int().describe('HKIDs held by VMs whose fds are closed'),
+      used: z.number().int().describe('Held by VMs or being released'),
+      total: z.number().int().describe('used + leaked + free'),
+      zombies: z.number().int().describe('Of the used ones, those of VMs whose fds are closed'),
+      leaked: z
+        .number()
+        .int()
+        .describe(
+          'Lost to a failed KEY.FREEID (or a release failed at destruction): owned by no VM',
+        ),
     }),
   }),
+  hkidReleaseFaults: hkidReleaseFaultsSchema,
+  hkidReleaseAttempts: z
+    .strictObject({ VPFLUSHDONE: z.number().int(), FREEID: z.number().int() })
+    .describe('Release attempts at each step since the fault setting was made: what it counts'),
   vms: z.number().int().describe('VMs not terminated'),
   activeJobs: z.number().int().describe('Jobs queued or running on the host'),
   runningJobs: z.number().int().describe('Of the active jobs, those running'),
@@ -108,6 +162,7 @@ export const hostListSchema = z.strictObject({ hosts: z.array(hostViewSchema) })
 
 export const HOST_SCHEMAS = {
   create: openApiSchema(createHostSchema),
+  faults: openApiSchema(hkidReleaseFaultsSchema),
   view: openApiSchema(hostViewSchema, 'output'),
   list: openApiSchema(hostListSchema, 'output'),
 };

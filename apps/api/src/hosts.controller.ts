@@ -1,4 +1,4 @@
-import { Body, Controller, Get, HttpCode, Param, Post } from '@nestjs/common';
+import { Body, Controller, Get, HttpCode, Param, Post, Put } from '@nestjs/common';
 import {
   ApiBearerAuth,
   ApiBody,
@@ -8,15 +8,24 @@ import {
   ApiTags,
 } from '@nestjs/swagger';
 import { type HostView } from '#fleet';
-import { FleetService } from '#queue';
+import { FleetService, HostFaultsService } from '#queue';
 import { ApiErrors } from './api-responses.decorator.js';
-import { type CreateHostDto, createHostSchema, HOST_SCHEMAS } from './host.dto.js';
+import {
+  type CreateHostDto,
+  createHostSchema,
+  HOST_SCHEMAS,
+  type HkidReleaseFaultsDto,
+  hkidReleaseFaultsSchema,
+} from './host.dto.js';
 import { ZodValidationPipe } from './zod-validation.pipe.js';
 
 @ApiTags('hosts')
 @Controller('v1/hosts')
 export class HostsController {
-  constructor(private readonly fleet: FleetService) {}
+  constructor(
+    private readonly fleet: FleetService,
+    private readonly faults: HostFaultsService,
+  ) {}
 
   @Post()
   @HttpCode(201)
@@ -43,5 +52,24 @@ export class HostsController {
   @ApiErrors(404)
   get(@Param('id') id: string): Promise<HostView> {
     return this.fleet.getHost(id);
+  }
+
+  @Put(':id/faults')
+  @ApiBearerAuth()
+  @ApiOperation({
+    summary: 'Set which HKID release attempts fail on a host, for experiments',
+    description:
+      'Replaces the setting and counts attempts afresh; the setting the host has already changes ' +
+      'nothing. An empty object: no release fails.',
+  })
+  @ApiParam({ name: 'id' })
+  @ApiBody({ schema: HOST_SCHEMAS.faults })
+  @ApiResponse({ status: 200, description: 'The host', schema: HOST_SCHEMAS.view })
+  @ApiErrors(400, 401, 404)
+  setFaults(
+    @Param('id') id: string,
+    @Body(new ZodValidationPipe(hkidReleaseFaultsSchema)) body: HkidReleaseFaultsDto,
+  ): Promise<HostView> {
+    return this.faults.setReleaseFaults(id, body);
   }
 }

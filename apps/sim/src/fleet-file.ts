@@ -57,6 +57,26 @@ const kernel = z.strictObject(
   ),
 ) as unknown as z.ZodType<KernelFeatures, Partial<KernelFeatures> | undefined>;
 
+/** When one step of the HKID release fails: the next n attempts, or every k-th one. */
+const releaseFaultRule = z.union(
+  [
+    z.strictObject({
+      failNext: z
+        .number()
+        .int({ error: 'expected an integer >= 0' })
+        .nonnegative({ error: 'expected an integer >= 0' }),
+    }),
+    z.strictObject({ everyNth: count }),
+  ],
+  { error: 'expected { failNext: n } (n >= 0) or { everyNth: k } (k >= 1)' },
+);
+
+/** Which HKID release attempts fail on a host; a step left out never fails. */
+const hkidReleaseFaults = z.strictObject({
+  VPFLUSHDONE: releaseFaultRule.optional(),
+  FREEID: releaseFaultRule.optional(),
+});
+
 /**
  * A host, or with `count` a group of hosts named `<idPrefix>-0001`, `<idPrefix>-0002`... (one such
  * host without an id or a count).
@@ -74,6 +94,7 @@ const hostEntry = z.strictObject({
   costModel: z
     .enum(['calibrated', 'mechanistic'], { error: 'expected calibrated or mechanistic' })
     .default('calibrated'),
+  hkidReleaseFaults: hkidReleaseFaults.optional(),
 });
 
 /** A VM, or with `count` a group; booted at `bootAt` (null: only by a request). */
@@ -208,7 +229,13 @@ export function fleetInput(value: unknown): OfflineInput {
     const { id: _id, count: _count, idPrefix: _prefix, ...spec } = entry;
     for (const hostId of expand(entry, `hosts[${i}]`, 'h')) {
       unique(hostIds, hostId, `hosts[${i}]`);
-      hosts.push({ id: hostId, ...spec, kernel: { ...spec.kernel } });
+      const { hkidReleaseFaults: faults, ...rest } = spec;
+      hosts.push({
+        id: hostId,
+        ...rest,
+        kernel: { ...spec.kernel },
+        ...(faults === undefined ? {} : { hkidReleaseFaults: { ...faults } }),
+      });
     }
   });
 

@@ -769,3 +769,113 @@ describe('agreement: random fleets and requests', () => {
     );
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// HKID release faults: a host's setting fails the same releases in every engine.
+
+describe('agreement: HKID release faults fail the same releases in every engine', () => {
+  const MAINLINE = kernelFor('reboot', 'cold');
+  const TERMINATE = kernelFor('terminate', 'terminate');
+  const leakedAtEnd = (output: OfflineOutput): number =>
+    output.series.fleet.at(-1)?.hkidsLeaked ?? -1;
+  const engines = (input: OfflineInput, scales: ReadonlyArray<0 | 1000>): OfflineOutput => {
+    const output = runFleet(input);
+    const offline = offlineRun(output);
+    for (const timeScale of scales) {
+      const mode: DriveMode =
+        timeScale === 0 ? { timeScale } : { timeScale, lateMs: 7, random: seededRandom(12) };
+      assertSameRuns(driveFleet(input, mode), offline, `executor at TIME_SCALE=${timeScale}`);
+    }
+    return output;
+  };
+
+  it('a failed FREEID leaks the HKID for good: a boot at full HKID capacity is refused until another release', () => {
+    const input: OfflineInput = {
+      hosts: [host('h1', MAINLINE, { hkids: 2, hkidReleaseFaults: { FREEID: { failNext: 1 } } })],
+      vms: [vm('a', 2, 2), vm('b', 1, 0.25), vm('c', 2, 2)],
+      requests: [
+        { at: 1000, action: 'boot', vmId: 'a' },
+        { at: 2000, action: 'boot', vmId: 'b' },
+        { at: 3000, action: 'terminate', vmId: 'a', strategy: 'close' },
+        { at: 4000, action: 'boot', vmId: 'c' },
+        { at: 5000, action: 'terminate', vmId: 'b', strategy: 'close' },
+        { at: 6000, action: 'boot', vmId: 'c' },
+      ],
+      limits: { hostConcurrency: HOST_CONCURRENCY },
+    };
+    const output = engines(input, [0, 1000]);
+    // The kernel only logs the failure: the terminate ends, and the host has an HKID less.
+    assert.equal(waitsOf(output, 'a', 'terminate').state, 'succeeded');
+    assert.deepEqual(
+      output.refusals.map((r) => `${r.at}:${r.vmId}:${r.code}`),
+      ['4000:c:no_capacity'],
+    );
+    // The second release's FREEID succeeds (only the next one was to fail): c boots then.
+    assert.equal(waitsOf(output, 'c', 'boot').state, 'succeeded');
+    assert.equal(leakedAtEnd(output), 1);
+    assert.equal(output.series.fleet.at(-1)?.hkidsInUse, 1);
+  });
+
+  it('a cold reboot at full HKID capacity whose old HKID leaks waits for it, then fails', () => {
+    const input: OfflineInput = {
+      hosts: [host('h1', MAINLINE, { hkids: 2, hkidReleaseFaults: { FREEID: { everyNth: 1 } } })],
+      vms: [vm('small', 1, 0.25), vm('a', 8, 6)],
+      requests: [
+        { at: 1000, action: 'boot', vmId: 'small' },
+        { at: 2000, action: 'boot', vmId: 'a' },
+        { at: 3000, action: 'reboot', vmId: 'a', strategy: 'cold' },
+      ],
+      limits: { hostConcurrency: HOST_CONCURRENCY },
+    };
+    // Only at 1000x: at TIME_SCALE=0 the daemon's wait limit is real time, which never passes.
+    const output = engines(input, [1000]);
+    const reboot = waitsOf(output, 'a');
+    assert.equal(reboot.state, 'failed');
+    // Its new VM waited for an HKID that never came back.
+    assert.deepEqual(
+      [reboot.error?.code, reboot.error?.step, reboot.error?.errno],
+      ['wait_timeout', 'init-vm', 'ENOSPC'],
+    );
+    assert.equal(leakedAtEnd(output), 1);
+  });
+
+  it('a failed VPFLUSHDONE keeps the HKID: KVM_TDX_TERMINATE_VM ends, and the release at close succeeds', () => {
+    const input = (faults?: OfflineHostSpec['hkidReleaseFaults']): OfflineInput => ({
+      hosts: [host('h1', TERMINATE, faults === undefined ? {} : { hkidReleaseFaults: faults })],
+      vms: [vm('a', 4, 4)],
+      requests: [
+        { at: 1000, action: 'boot', vmId: 'a' },
+        { at: 2000, action: 'terminate', vmId: 'a', strategy: 'terminate' },
+      ],
+      limits: { hostConcurrency: HOST_CONCURRENCY },
+    });
+    const faulty = engines(input({ VPFLUSHDONE: { failNext: 1 } }), [0, 1000]);
+    const clean = runFleet(input());
+    const terminate = waitsOf(faulty, 'a', 'terminate');
+    assert.equal(terminate.state, 'succeeded');
+    assert.equal(leakedAtEnd(faulty), 0);
+    // The HKID was held until the VM was closed: longer than when the terminate released it.
+    const held = (output: OfflineOutput) =>
+      waitsOf(output, 'a', 'terminate').result?.hkidHeldSeconds ?? 0;
+    assert.ok(held(faulty) > held(clean), `${held(faulty)} > ${held(clean)}`);
+  });
+
+  it('every second FREEID fails: reboots leak every other HKID', () => {
+    const input: OfflineInput = {
+      hosts: [host('h1', MAINLINE, { hkids: 8, hkidReleaseFaults: { FREEID: { everyNth: 2 } } })],
+      vms: [vm('a', 2, 2), vm('b', 2, 2)],
+      requests: [
+        { at: 1000, action: 'boot', vmId: 'a' },
+        { at: 2000, action: 'boot', vmId: 'b' },
+        ...[3000, 4000, 5000].flatMap((at): OfflineRequest[] => [
+          { at, action: 'reboot', vmId: 'a', strategy: 'cold' },
+          { at: at + 500, action: 'reboot', vmId: 'b', strategy: 'cold' },
+        ]),
+      ],
+      limits: { hostConcurrency: HOST_CONCURRENCY },
+    };
+    const output = engines(input, [0, 1000]);
+    assert.ok(output.operations.every((op) => op.state === 'succeeded'));
+    assert.equal(leakedAtEnd(output), 3, 'six releases, every second one leaked');
+  });
+});

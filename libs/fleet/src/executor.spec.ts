@@ -72,6 +72,7 @@ function assertHostEmpty(doc: HostDocument): void {
     orphanedBytes: 0,
     controlBytes: 0,
     inFlightBytes: 0,
+    leakedBytes: 0,
   });
   assert.equal(view.usage.hkids.used, 0);
   const sim = settleDue(doc, Number.MAX_SAFE_INTEGER).sim;
@@ -149,7 +150,7 @@ describe('boot, reboot and terminate', () => {
         assert.equal(host.usage.memory.retainedBytes, 0);
         assert.equal(host.usage.memory.orphanedBytes, 0);
         assert.equal(host.usage.memory.inFlightBytes, 0);
-        assert.deepEqual(host.usage.hkids, { used: 1, total: 8, zombies: 0 });
+        assert.deepEqual(host.usage.hkids, { used: 1, total: 8, zombies: 0, leaked: 0 });
         assert.equal(host.activeJobs, 0);
         assert.deepEqual(checkInvariants(driven.doc.sim), []);
       });

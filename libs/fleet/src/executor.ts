@@ -1,4 +1,4 @@
-import { type Errno, cloneHost } from '#tdx-sim';
+import { type CallOutcome, type Errno, type HostState, cloneHost } from '#tdx-sim';
 import {
   type EngineEvent,
   type EngineHost,
@@ -18,6 +18,12 @@ import {
 import { NotFoundError } from './errors.js';
 import { hostTimeAt, realTimeOf } from './host-document.js';
 import { pendingJobStep, planOperation } from './operations.js';
+import {
+  type HkidReleaseAttempts,
+  armReleaseFaults,
+  countReleaseAttempts,
+  noReleaseAttempts,
+} from './release-faults.js';
 import type {
   GuestMemfdRecord,
   HostDocument,
@@ -152,6 +158,27 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     return copy;
   };
   let vms: Record<string, VmRecord> | null = inPlace ? doc.vms : null;
+  // The host's fault setting arms the simulated host before each step, and every release
+  // attempt a step makes is counted (its rules count attempts): the same releases fail however
+  // the host's time is cut into advances.
+  const faults = doc.hkidReleaseFaults;
+  let attempts: HkidReleaseAttempts | null = null;
+  const onStepRan =
+    faults === undefined
+      ? undefined
+      : (outcomes: readonly CallOutcome[], sim: HostState): void => {
+          attempts ??= { ...(doc.hkidReleaseAttempts ?? noReleaseAttempts()) };
+          if (countReleaseAttempts(attempts, outcomes)) armReleaseFaults(sim, faults, attempts);
+        };
+  const armFaults = (): void => {
+    if (faults !== undefined) {
+      armReleaseFaults(
+        host.sim,
+        faults,
+        attempts ?? doc.hkidReleaseAttempts ?? noReleaseAttempts(),
+      );
+    }
+  };
   const finished: OperationRecord[] = [];
   const events: FleetEvent[] = [];
   // Real time of a virtual time, as the clock was paced when this advance began (now at most).
@@ -274,10 +301,12 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       }
       for (const candidate of due) {
         const op = mine(candidate);
+        armFaults();
         const result = advanceInPlace(asRun(op), host, at, {
           whenStuck: 'wait',
           onFailure: 'cleanup',
           cancel: op.cancelRequested,
+          ...(onStepRan === undefined ? {} : { onStepRan }),
         });
         if (record(op, result.events)) progress = true;
         if (result.status.kind === 'ended') {
@@ -364,6 +393,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
     doc.sim = host.sim;
     doc.releases = host.releases;
     doc.hkidLockFreeAt = host.hkidLockFreeAt;
+    if (attempts !== null) doc.hkidReleaseAttempts = attempts;
     doc.clock = Math.max(doc.clock, newClock);
     doc.clockAtMs = nowMs;
     next = doc;
@@ -377,6 +407,7 @@ export function advanceHost(doc: HostDocument, options: ExecutorOptions): HostAd
       ops,
       releases: host.releases,
       hkidLockFreeAt: host.hkidLockFreeAt,
+      ...(attempts === null ? {} : { hkidReleaseAttempts: attempts }),
       clock: Math.max(doc.clock, newClock),
       clockAtMs: nowMs,
     };

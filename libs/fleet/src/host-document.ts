@@ -10,6 +10,12 @@ import {
 import type { Micros } from '#vmm';
 import { InvalidRequestError } from './errors.js';
 import type { HostDocument } from './model.js';
+import {
+  type HkidReleaseFaults,
+  checkReleaseFaults,
+  noReleaseAttempts,
+  sameReleaseFaults,
+} from './release-faults.js';
 
 /** What `POST /v1/hosts` accepts. */
 export interface HostSpec {
@@ -21,6 +27,8 @@ export interface HostSpec {
   hkidCgroupLimit?: number | null;
   kernel: KernelFeatures;
   costModel?: CostModelName;
+  /** Which HKID release attempts fail (none when absent): an experiment's faults. */
+  hkidReleaseFaults?: HkidReleaseFaults;
 }
 
 /** A new host document (version 0: not stored yet). */
@@ -41,6 +49,8 @@ export function createHostDocument(spec: HostSpec, nowMs: number): HostDocument 
     if (error instanceof InvalidHostConfigError) throw new InvalidRequestError(error.message);
     throw error;
   }
+  const faults =
+    spec.hkidReleaseFaults === undefined ? {} : checkReleaseFaults(spec.hkidReleaseFaults);
   return {
     id: spec.id,
     version: 0,
@@ -53,7 +63,19 @@ export function createHostDocument(spec: HostSpec, nowMs: number): HostDocument 
     arrivals: 0,
     releases: [],
     hkidLockFreeAt: 0,
+    hkidReleaseFaults: faults,
+    hkidReleaseAttempts: noReleaseAttempts(),
   };
+}
+
+/**
+ * The host with a new HKID release fault setting, counting attempts afresh. The setting it has
+ * already changes nothing (the same document comes back), so setting it again is harmless.
+ */
+export function setReleaseFaults(doc: HostDocument, faults: HkidReleaseFaults): HostDocument {
+  const checked = checkReleaseFaults(faults);
+  if (sameReleaseFaults(doc.hkidReleaseFaults ?? {}, checked)) return doc;
+  return { ...doc, hkidReleaseFaults: checked, hkidReleaseAttempts: noReleaseAttempts() };
 }
 
 /**

@@ -11,5 +11,6 @@ export * from './model.js';
 export * from './offline-engine.js';
 export * from './operations.js';
 export * from './placement.js';
+export * from './release-faults.js';
 export * from './seeded-random.js';
 export * from './views.js';

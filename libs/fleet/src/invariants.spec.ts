@@ -197,6 +197,7 @@ function checkQuiescent(doc: HostDocument, where: string): void {
     used: running.length,
     total: view.capacity.hkids,
     zombies: 0,
+    leaked: 0,
   });
   // Every fd on the host belongs to a running VM; every running VM's fds are there.
   const held = new Set<number>();

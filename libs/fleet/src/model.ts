@@ -1,4 +1,5 @@
 import type { HostState } from '#tdx-sim';
+import type { HkidReleaseAttempts, HkidReleaseFaults } from './release-faults.js';
 import type {
   Bindings,
   Intent,
@@ -167,4 +168,11 @@ export interface HostDocument {
   releases: PendingRelease[];
   /** The host-wide lock of HKID release (the kernel's global lock): free from this virtual time. */
   hkidLockFreeAt: Micros;
+  /**
+   * Which HKID release attempts fail on this host, for experiments; absent (documents stored
+   * before there was a setting too): none.
+   */
+  hkidReleaseFaults?: HkidReleaseFaults;
+  /** Release attempts at each step since the setting was made: what its rules count. */
+  hkidReleaseAttempts?: HkidReleaseAttempts;
 }

@@ -161,13 +161,15 @@ export interface FleetSample {
   retainedBytes: number;
   /** Held by guest_memfds no live VM refers to. */
   orphanedBytes: number;
-  /** HKIDs held by VMs or being released. */
+  /** HKIDs held by VMs or being released (not the leaked ones). */
   hkidsInUse: number;
   /**
    * HKIDs of zombies: held by VMs whose fds are all closed, kept alive only by mappings of their
-   * guest_memfds (not the HKIDs a failed KEY.FREEID leaks for good, which are not modelled yet).
+   * guest_memfds (some of `hkidsInUse`).
    */
   hkidsZombie: number;
+  /** HKIDs a failed HKID release leaked for good: owned by no VM, never free again. */
+  hkidsLeaked: number;
   /** Operations running. */
   running: number;
   /** Operations queued: on their host, or (fleet-wide) waiting for global admission. */
@@ -249,6 +251,7 @@ const SAMPLE_KEYS = [
   'orphanedBytes',
   'hkidsInUse',
   'hkidsZombie',
+  'hkidsLeaked',
   'running',
   'waiting',
 ] as const satisfies ReadonlyArray<keyof HostSample>;
@@ -1099,6 +1102,7 @@ function emptySample(): HostSample {
     orphanedBytes: 0,
     hkidsInUse: 0,
     hkidsZombie: 0,
+    hkidsLeaked: 0,
     running: 0,
     waiting: 0,
   };
@@ -1119,8 +1123,9 @@ function hostSample(doc: HostDocument): HostSample {
     privateBytes: memory.private,
     retainedBytes: memory.retained,
     orphanedBytes: memory.orphaned,
-    hkidsInUse: hkids.total - hkids.free,
+    hkidsInUse: hkids.owned + hkids.inFlight,
     hkidsZombie: hkids.zombies,
+    hkidsLeaked: hkids.leaked,
     running,
     waiting,
   };

@@ -19,6 +19,11 @@ import type {
   VmLifecycle,
   VmRecord,
 } from './model.js';
+import {
+  type HkidReleaseAttempts,
+  type HkidReleaseFaults,
+  noReleaseAttempts,
+} from './release-faults.js';
 
 /** A host as the API shows it. */
 export interface HostView {
@@ -41,9 +46,18 @@ export interface HostView {
       orphanedBytes: number;
       controlBytes: number;
       inFlightBytes: number;
+      /** Held by TDs whose HKID release failed: no reclaim returns it until the host reboots. */
+      leakedBytes: number;
     };
-    hkids: { used: number; total: number; zombies: number };
+    /**
+     * `used` (held by VMs or being released) + `leaked` + free = `total`. Zombies are some of
+     * the used ones (their VM's fds are closed); leaked ones are owned by no VM at all.
+     */
+    hkids: { used: number; total: number; zombies: number; leaked: number };
   };
+  /** Which HKID release attempts fail, and the attempts its rules have counted so far. */
+  hkidReleaseFaults: HkidReleaseFaults;
+  hkidReleaseAttempts: HkidReleaseAttempts;
   vms: number;
   activeJobs: number;
   /** Of its active jobs, those running and those queued on the host (waiting for a slot). */
@@ -81,9 +95,17 @@ export function hostView(doc: HostDocument, _nowMs: number): HostView {
         orphanedBytes: memory.orphaned,
         controlBytes: memory.control + memory.sept,
         inFlightBytes: memory.inFlight,
+        leakedBytes: memory.leaked,
       },
-      hkids: { used: hkids.total - hkids.free, total: hkids.total, zombies: hkids.zombies },
+      hkids: {
+        used: hkids.owned + hkids.inFlight,
+        total: hkids.total,
+        zombies: hkids.zombies,
+        leaked: hkids.leaked,
+      },
     },
+    hkidReleaseFaults: doc.hkidReleaseFaults ?? {},
+    hkidReleaseAttempts: doc.hkidReleaseAttempts ?? noReleaseAttempts(),
     vms: Object.values(doc.vms).filter((vm) => vm.state !== 'terminated').length,
     activeJobs: Object.keys(doc.ops).length,
     ...jobCounts(doc),

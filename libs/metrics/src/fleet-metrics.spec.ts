@@ -132,7 +132,9 @@ describe('FleetMetrics', () => {
     }
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running' }), 0);
     assert.equal(sample(all, 'tdxfleet_host_memory_bytes', { use: 'orphaned' }), 0);
-    assert.equal(sample(all, 'tdxfleet_hkids'), 0);
+    for (const state of ['free', 'owned', 'in_flight', 'leaked']) {
+      assert.equal(sample(all, 'tdxfleet_hkids', { state }), 0, state);
+    }
     assert.equal(count(all, 'tdxfleet_reboot_downtime_seconds', { strategy: 'reuse' }), 0);
     assert.equal(
       sample(all, 'tdxfleet_errnos_total', { operation: 'KVM_TDX_INIT_VM', errno: 'ENOSPC' }),
@@ -207,12 +209,22 @@ describe('FleetMetrics', () => {
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running' }), 3);
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'stopped' }), 0);
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'terminated' }), 5);
-    assert.equal(sample(all, 'tdxfleet_hkids'), 12);
+    assert.equal(sample(all, 'tdxfleet_hkids', { state: 'free' }), 9);
+    assert.equal(sample(all, 'tdxfleet_hkids', { state: 'owned' }), 3);
+    assert.equal(sample(all, 'tdxfleet_hkids', { state: 'leaked' }), 0);
     assert.equal(sample(all, 'tdxfleet_hkids_in_use'), 3);
     assert.equal(sample(all, 'tdxfleet_zombie_hkids'), 0);
     const memory = (use: string) => sample(all, 'tdxfleet_host_memory_bytes', { use }) ?? 0;
     assert.ok(memory('guest_private') > 0);
-    const total = ['free', 'guest_private', 'retained', 'orphaned', 'control', 'in_flight']
+    const total = [
+      'free',
+      'guest_private',
+      'retained',
+      'orphaned',
+      'control',
+      'in_flight',
+      'leaked',
+    ]
       .map(memory)
       .reduce((x, y) => x + y, 0);
     assert.equal(total, 2 * 64 * GIB_BYTES, 'the uses add up to the hosts memory');
@@ -223,6 +235,38 @@ describe('FleetMetrics', () => {
     all = await new Promise((resolve) => setTimeout(resolve, 300)).then(() => families(metrics));
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running' }), 2, 'read again per scrape');
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'terminated' }), 4);
+  });
+
+  it('counts an HKID a failed KEY.FREEID leaked apart, and the memory its TD kept', async () => {
+    const host = makeHost(MAINLINE, { hkids: 4, hkidReleaseFaults: { FREEID: { failNext: 1 } } });
+    const { doc, nowMs } = hostWithVms(host, 2);
+    const opId = 'terminate-close';
+    const submitted = submitOperation(doc, {
+      opId,
+      vmId: 'vm1',
+      action: 'terminate',
+      strategy: 'close',
+      nowMs,
+    }).doc;
+    const driven = drive(submitted, opId, nowMs);
+    // The kernel only logs the failure: the terminate ends, and the host has an HKID less.
+    assert.equal(finishedOp(driven, opId).state, 'succeeded');
+    const all = await families(
+      new FleetMetrics(
+        sources(() => [driven.doc]),
+        { hostLabel: false },
+      ),
+    );
+    const hkids = (state: string) => sample(all, 'tdxfleet_hkids', { state });
+    assert.deepEqual(
+      ['free', 'owned', 'in_flight', 'leaked'].map(hkids),
+      [2, 1, 0, 1],
+      'the states add up to the pool',
+    );
+    assert.equal(sample(all, 'tdxfleet_hkids_in_use'), 1, 'a leaked HKID is not in use');
+    assert.equal(sample(all, 'tdxfleet_zombie_hkids'), 0, 'nor a zombie');
+    const memory = (use: string) => sample(all, 'tdxfleet_host_memory_bytes', { use }) ?? 0;
+    assert.ok(memory('leaked') > 0, 'the BLOCKED TD keeps its pages');
   });
 
   it('labels the fleet gauges by host only when asked to', async () => {
@@ -236,7 +280,8 @@ describe('FleetMetrics', () => {
     );
     assert.equal(sample(all, 'tdxfleet_hkids_in_use', { host: 'a' }), 2);
     assert.equal(sample(all, 'tdxfleet_hkids_in_use', { host: 'b' }), 1);
-    assert.equal(sample(all, 'tdxfleet_hkids', { host: 'b' }), 4);
+    assert.equal(sample(all, 'tdxfleet_hkids', { state: 'free', host: 'b' }), 3);
+    assert.equal(sample(all, 'tdxfleet_hkids', { state: 'owned', host: 'b' }), 1);
     assert.equal(sample(all, 'tdxfleet_vms', { state: 'running', host: 'a' }), 2);
     assert.equal(sample(all, 'tdxfleet_zombie_hkids', { host: 'a' }), 0);
     assert.ok((sample(all, 'tdxfleet_host_memory_bytes', { use: 'free', host: 'b' }) ?? 0) > 0);

@@ -26,7 +26,10 @@ const MEMORY_USES = [
   'orphaned',
   'control',
   'in_flight',
+  'leaked',
 ] as const;
+/** The states of `tdxfleet_hkids`: they add up to the pool, as `hkidUsage` counts it. */
+const HKID_STATES = ['free', 'owned', 'in_flight', 'leaked'] as const;
 /** Every action and strategy of an operation: a boot (strategy `none`), then each declared one. */
 const OPERATION_KINDS: ReadonlyArray<{ action: string; strategy: string }> = [
   { action: 'boot', strategy: 'none' },
@@ -160,21 +163,33 @@ export class FleetMetrics {
         if (!hostLabel) this.set(0);
         for (const doc of docs) {
           const usage = hkidUsage(doc.sim);
-          this.inc(withHost({}, doc.id), usage.total - usage.free);
+          this.inc(withHost({}, doc.id), usage.owned + usage.inFlight);
         }
       },
     });
     new Gauge({
       name: 'tdxfleet_hkids',
-      help: 'HKIDs the hosts have in total (read from Redis at scrape time).',
-      labelNames: hostLabels,
+      help:
+        'HKIDs of the hosts by state: free, owned (by a VM, alive or dying), in_flight (being ' +
+        'released), leaked (lost to a failed release, owned by no VM); the states add up to the ' +
+        'pool (read from Redis at scrape time).',
+      labelNames: ['state', ...hostLabels],
       registers,
       async collect() {
         this.reset();
         const docs = await readOrNull(() => sources.hosts());
         if (docs === null) return;
-        if (!hostLabel) this.set(0);
-        for (const doc of docs) this.inc(withHost({}, doc.id), doc.sim.config.hkids);
+        if (!hostLabel) for (const state of HKID_STATES) this.set({ state }, 0);
+        for (const doc of docs) {
+          const usage = hkidUsage(doc.sim);
+          const byState: Record<(typeof HKID_STATES)[number], number> = {
+            free: usage.free,
+            owned: usage.owned,
+            in_flight: usage.inFlight,
+            leaked: usage.leaked,
+          };
+          for (const state of HKID_STATES) this.inc(withHost({ state }, doc.id), byState[state]);
+        }
       },
     });
     new Gauge({
@@ -194,7 +209,8 @@ export class FleetMetrics {
       name: 'tdxfleet_host_memory_bytes',
       help:
         'Host memory by use, in bytes: free, guest_private (mapped in TDs), retained (in guest_memfds a live VM keeps for reuse), ' +
-        'orphaned (in guest_memfds no live VM refers to), control (TDX control and S-EPT pages), in_flight (being returned). Read at scrape time.',
+        'orphaned (in guest_memfds no live VM refers to), control (TDX control and S-EPT pages), in_flight (being returned), ' +
+        'leaked (held by TDs whose HKID release failed). Read at scrape time.',
       labelNames: ['use', ...hostLabels],
       registers,
       async collect() {
@@ -211,6 +227,7 @@ export class FleetMetrics {
             orphaned: m.orphaned,
             control: m.control + m.sept,
             in_flight: m.inFlight,
+            leaked: m.leaked,
           };
           for (const use of MEMORY_USES) this.inc(withHost({ use }, doc.id), byUse[use]);
         }

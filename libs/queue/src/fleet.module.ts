@@ -6,6 +6,7 @@ import { FleetStore } from '#store';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { DEFAULT_ENVIRONMENT, FleetService } from './fleet.service.js';
+import { HostFaultsService } from './host-faults.service.js';
 import { FleetQueues } from './queues.js';
 
 /**
@@ -17,6 +18,7 @@ export class FleetConnections implements OnApplicationShutdown {
   readonly store: FleetStore;
   readonly queues: FleetQueues;
   readonly service: FleetService;
+  readonly faults: HostFaultsService;
   private readonly storeConnection: Redis;
   private readonly queueConnection: Redis;
 
@@ -47,6 +49,7 @@ export class FleetConnections implements OnApplicationShutdown {
       ...DEFAULT_ENVIRONMENT,
       timeScale: config.timeScale,
     });
+    this.faults = new HostFaultsService(this.store);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -77,7 +80,12 @@ export class FleetConnections implements OnApplicationShutdown {
       useFactory: (c: FleetConnections) => c.service,
       inject: [FleetConnections],
     },
+    {
+      provide: HostFaultsService,
+      useFactory: (c: FleetConnections) => c.faults,
+      inject: [FleetConnections],
+    },
   ],
-  exports: [FleetStore, FleetQueues, FleetService],
+  exports: [FleetStore, FleetQueues, FleetService, HostFaultsService],
 })
 export class FleetModule {}

@@ -2,6 +2,7 @@ export * from './batch-runner.js';
 export * from './fleet-workers.js';
 export * from './fleet.module.js';
 export * from './fleet.service.js';
+export * from './host-faults.service.js';
 export * from './index-pruner.js';
 export * from './job-payloads.js';
 export * from './operation-runner.js';

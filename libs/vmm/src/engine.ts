@@ -173,6 +173,12 @@ export interface AdvanceOptions {
   onFailure: 'stop' | 'cleanup';
   /** Stop at this step boundary and clean up (a cancel). */
   cancel?: boolean;
+  /**
+   * Told of the calls of each step that ran and was kept (not one refused, nor one undone to
+   * wait for the HKID release lock), with the host as they left it: the fleet counts HKID
+   * release attempts there and arms its host's fault setting for the next one.
+   */
+  onStepRan?: (outcomes: readonly CallOutcome[], sim: HostState) => void;
 }
 
 /** Where an operation is after an advance. */
@@ -371,7 +377,11 @@ export function advanceInPlace(
       continue;
     }
 
-    const releasesHkid = result.outcomes.some((o) => o.ok && o.effects.releasedHkid !== null);
+    // A release that got as far as KEY.FREEID held the lock for its cache write-back, whether
+    // FREEID then failed or not.
+    const releasesHkid = result.outcomes.some(
+      (o) => o.ok && (o.effects.releasedHkid !== null || o.effects.hkidReleaseFailure === 'FREEID'),
+    );
     if (releasesHkid && host.hkidLockFreeAt > at) {
       // The kernel releases HKIDs under one global lock: wait for the release in progress. The
       // wait counts like any other (the VM is down meanwhile).
@@ -394,6 +404,7 @@ export function advanceInPlace(
       }
     }
     if (releasesHkid) host.hkidLockFreeAt = end;
+    options.onStepRan?.(result.outcomes, host.sim);
     bindResults(step, result.outcomes, run.bindings);
     addTotals(run, result.outcomes, current, end - run.startedAt);
     record.state = 'done';

@@ -49,7 +49,8 @@ const hostSchema = z.object({
       retainedBytes: z.number(),
       orphanedBytes: z.number(),
     }),
-    hkids: z.object({ used: z.number(), zombies: z.number() }),
+    // `leaked`: a daemon of an earlier version leaks none.
+    hkids: z.object({ used: z.number(), zombies: z.number(), leaked: z.number().default(0) }),
   }),
   runningJobs: z.number(),
   queuedJobs: z.number(),

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type MeasuredSample } from '#experiments';
+import { type FleetSample } from '#fleet';
 import { type DaemonClient, type DaemonHost } from './daemon-client.js';
 
 // The fleet's time series of a run on a daemon: the run's hosts read every so often in real time
@@ -51,8 +52,11 @@ export class FleetSampler {
   }
 }
 
-function sum(t: number, hosts: readonly DaemonHost[]): MeasuredSample {
-  const sample: MeasuredSample = {
+/** A sample with the leaked HKIDs the offline engine's samples count too. */
+type DaemonSample = MeasuredSample & Pick<FleetSample, 'hkidsLeaked'>;
+
+function sum(t: number, hosts: readonly DaemonHost[]): DaemonSample {
+  const sample: DaemonSample = {
     t,
     freeBytes: 0,
     privateBytes: 0,
@@ -60,6 +64,7 @@ function sum(t: number, hosts: readonly DaemonHost[]): MeasuredSample {
     orphanedBytes: 0,
     hkidsInUse: 0,
     hkidsZombie: 0,
+    hkidsLeaked: 0,
     running: 0,
     waiting: 0,
   };
@@ -71,6 +76,7 @@ function sum(t: number, hosts: readonly DaemonHost[]): MeasuredSample {
     sample.orphanedBytes += memory.orphanedBytes;
     sample.hkidsInUse += hkids.used;
     sample.hkidsZombie += hkids.zombies;
+    sample.hkidsLeaked += hkids.leaked;
     sample.running += host.runningJobs;
     sample.waiting += host.queuedJobs;
   }
