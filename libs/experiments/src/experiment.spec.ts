@@ -141,6 +141,41 @@ describe('offline experiments', () => {
     assert.equal(terminate?.metrics['memory.free.driftBytes'], 0, 'the old memory comes back');
   });
 
+  it('HKID release faults on a host group leak HKIDs, counted at the end', () => {
+    const faulty = parseScenario({
+      name: 'faulty',
+      fleet: {
+        hosts: [
+          {
+            name: 'h',
+            count: 2,
+            memoryGiB: 512,
+            hkids: 8,
+            kernel: { terminateVm: 'v4', linkGuestMemfd: true },
+            hkidReleaseFaults: { FREEID: { everyNth: 2 } },
+          },
+        ],
+        vms: [{ name: 'vm', perHost: 2, sizes: [{ vcpus: 4, memoryGiB: 18 }] }],
+      },
+      phases: [{ name: 'storm', kind: 'storm', strategy: 'terminate' }],
+      thresholds: [{ metric: 'hkids.leaked.end', max: 0 }],
+    });
+    const run = runExperiment(faulty, PROVENANCE).runs[0];
+    assert.equal(run?.metrics['hkids.leaked.end'], 2, 'every second FREEID on each host fails');
+    assert.equal(run?.thresholds[0]?.passed, false);
+    assert.throws(
+      () =>
+        parseScenario({
+          ...faulty,
+          fleet: {
+            ...faulty.fleet,
+            hosts: [{ ...faulty.fleet.hosts[0], hkidReleaseFaults: { FREEID: { everyNth: 0 } } }],
+          },
+        }),
+      /^ScenarioError: fleet\.hosts\[0\]\.hkidReleaseFaults: /,
+    );
+  });
+
   it('breakdowns add up to each operation’s time from request to end', () => {
     const run = runExperiment(scenario({ sweep: { strategy: ['cold'] } }), PROVENANCE).runs[0];
     assert.ok(run !== undefined && run.slowest.length > 0);

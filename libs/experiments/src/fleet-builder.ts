@@ -51,6 +51,9 @@ export function buildFleet(scenario: Scenario, variant: Variant, seed: number): 
         packages: group.packages,
         cpus: group.cpus,
         kernel: { ...group.kernel, ...variant.kernel },
+        ...(group.hkidReleaseFaults === undefined
+          ? {}
+          : { hkidReleaseFaults: { ...group.hkidReleaseFaults } }),
       });
     }
   }

@@ -54,6 +54,8 @@ export interface MeasuredSample {
   orphanedBytes: number;
   hkidsInUse: number;
   hkidsZombie: number;
+  /** HKIDs a failed release leaked for good (owned by no VM). */
+  hkidsLeaked: number;
   running: number;
   waiting: number;
 }
@@ -225,6 +227,7 @@ function fleetMetrics(run: RunRecord, phase: string | undefined): Record<string,
     'hkids.inUse.peak': peakHkids,
     'hkids.zombie.peak': peakZombies,
     'hkids.zombie.end': endSample?.hkidsZombie ?? 0,
+    'hkids.leaked.end': endSample?.hkidsLeaked ?? 0,
   };
 }
 
@@ -371,6 +374,7 @@ export function seriesColumns(run: RunRecord): SeriesColumns {
     orphanedBytes: column((s) => s.orphanedBytes),
     hkidsInUse: column((s) => s.hkidsInUse),
     hkidsZombie: column((s) => s.hkidsZombie),
+    hkidsLeaked: column((s) => s.hkidsLeaked),
     running: column((s) => s.running),
     waiting: column((s) => s.waiting),
   };

@@ -168,6 +168,13 @@ export const METRICS = {
     headline: false,
     description: 'HKIDs of zombie VMs at the end',
   },
+  'hkids.leaked.end': {
+    unit: 'count',
+    better: 'lower',
+    over: 'fleet',
+    headline: false,
+    description: 'HKIDs a failed release leaked for good, at the end',
+  },
 } as const satisfies Record<string, MetricDeclaration>;
 
 export type MetricName = keyof typeof METRICS;

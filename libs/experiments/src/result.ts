@@ -124,6 +124,7 @@ export interface SeriesColumns {
   orphanedBytes: number[];
   hkidsInUse: number[];
   hkidsZombie: number[];
+  hkidsLeaked: number[];
   running: number[];
   waiting: number[];
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { checkReleaseFaults } from '#fleet';
 import { KERNEL_SWITCHES, type KernelFeatures, MAINLINE_KERNEL } from '#tdx-sim';
 import { ALL_STRATEGIES, REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 import { METRIC_NAMES, METRICS, type MetricName } from './metrics.js';
@@ -60,6 +61,19 @@ const kernel = z.strictObject({
     .default(KERNEL_SWITCHES.guestMemfdTree.mainline),
 }) satisfies z.ZodType<KernelFeatures>;
 
+/**
+ * Which HKID release attempts fail on the group's hosts (`{VPFLUSHDONE: {failNext: n}}`,
+ * `{FREEID: {everyNth: k}}`): checked by the fleet model's own check, named by it.
+ */
+const hkidReleaseFaults = z.unknown().transform((value, context) => {
+  try {
+    return checkReleaseFaults(value);
+  } catch (error) {
+    context.addIssue({ code: 'custom', message: (error as Error).message });
+    return z.NEVER;
+  }
+});
+
 const hostGroup = z.strictObject({
   name,
   count: count.default(1),
@@ -68,6 +82,7 @@ const hostGroup = z.strictObject({
   packages: count.default(2),
   cpus: count.default(128),
   kernel: kernel.default({ ...MAINLINE_KERNEL }),
+  hkidReleaseFaults: hkidReleaseFaults.optional(),
 });
 
 const vmSize = z.strictObject({

@@ -180,6 +180,7 @@ function seriesOf(phases: PhaseSpan[], strategy: string, random: () => number): 
     orphanedBytes: orphaned,
     hkidsInUse: load.map((l) => Math.round(320 + l * (strategy === 'cold' ? 150 : 60))),
     hkidsZombie: load.map((l) => (strategy === 'cold' ? Math.round(l * 12) : 0)),
+    hkidsLeaked: load.map(() => 0),
     running: load.map((l) => Math.round(300 - l * 40)),
     waiting: load.map((l) => Math.round(l * 30)),
   };
