@@ -1,3 +1,4 @@
+import type { FleetSample } from '#fleet';
 import { METRICS, type MetricName } from './metrics.js';
 import type {
   Breakdown,
@@ -45,20 +46,8 @@ export interface MeasuredRefusal {
   code: string;
 }
 
-/** The fleet at one point of the sampling grid. */
-export interface MeasuredSample {
-  t: number;
-  freeBytes: number;
-  privateBytes: number;
-  retainedBytes: number;
-  orphanedBytes: number;
-  hkidsInUse: number;
-  hkidsZombie: number;
-  /** HKIDs a failed release leaked for good (owned by no VM). */
-  hkidsLeaked: number;
-  running: number;
-  waiting: number;
-}
+/** The fleet at one point of the sampling grid: the offline engine's sample, which live runs fill too. */
+export type MeasuredSample = FleetSample;
 
 export interface RunRecord {
   operations: readonly MeasuredOperation[];
