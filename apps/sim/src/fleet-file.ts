@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import {
   OFFLINE_ACTIONS,
+  describeIssues,
   type OfflineBatch,
   type OfflineHostSpec,
   type OfflineInput,
@@ -150,25 +151,6 @@ const fleetFile = z.strictObject({
 /** What a fleet file holds, as written (groups not yet expanded). */
 export type FleetFile = z.output<typeof fleetFile>;
 
-/** `hosts[2].memoryGiB` from a zod path. */
-function fieldPath(path: readonly PropertyKey[]): string {
-  let out = '';
-  for (const key of path) {
-    if (typeof key === 'number') out += `[${key}]`;
-    else out += out === '' ? String(key) : `.${String(key)}`;
-  }
-  return out === '' ? '(the file)' : out;
-}
-
-function issueText(issue: z.core.$ZodIssue): string {
-  const where = fieldPath(issue.path);
-  if (issue.code === 'unrecognized_keys') {
-    return `${where}: unknown ${issue.keys.length === 1 ? 'key' : 'keys'} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
-  }
-  if (issue.code === 'invalid_type' && issue.input === undefined) return `${where}: required`;
-  return `${where}: ${issue.message}`;
-}
-
 /** Reads a fleet file's text: JSON, or YAML when the name ends in .yaml or .yml. */
 export function parseFleetText(text: string, name: string): unknown {
   try {
@@ -189,9 +171,7 @@ export function parseFleetText(text: string, name: string): unknown {
 export function fleetInput(value: unknown): OfflineInput {
   const parsed = fleetFile.safeParse(value);
   if (!parsed.success) {
-    const issues = parsed.error.issues;
-    const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : '';
-    throw new FleetFileError(`${issueText(issues[0] as z.core.$ZodIssue)}${more}`);
+    throw new FleetFileError(describeIssues(parsed.error.issues, '(the file)'));
   }
   const file = parsed.data;
   const counters = new Map<string, number>();

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { checkReleaseFaults } from '#fleet';
+import { checkReleaseFaults, describeIssues } from '#fleet';
 import { KERNEL_SWITCHES, type KernelFeatures, MAINLINE_KERNEL } from '#tdx-sim';
 import { ALL_STRATEGIES, REBOOT_STRATEGIES, TERMINATE_STRATEGIES } from '#vmm';
 import { METRIC_NAMES, METRICS, type MetricName } from './metrics.js';
@@ -260,26 +260,6 @@ export type Threshold = Scenario['thresholds'][number];
 export type Reference = Scenario['references'][number];
 export type Sweep = Scenario['sweep'];
 
-/** `phases[1].maxPerHost` from a zod path. */
-function fieldPath(path: readonly PropertyKey[]): string {
-  let out = '';
-  for (const key of path) {
-    if (typeof key === 'number') out += `[${key}]`;
-    else out += out === '' ? String(key) : `.${String(key)}`;
-  }
-  return out === '' ? '(the scenario)' : out;
-}
-
-function issueText(issue: z.core.$ZodIssue): string {
-  const where = fieldPath(issue.path);
-  if (issue.code === 'unrecognized_keys') {
-    const keys = issue.keys.map((k) => `"${k}"`).join(', ');
-    return `${where}: unknown ${issue.keys.length === 1 ? 'key' : 'keys'} ${keys}`;
-  }
-  if (issue.code === 'invalid_type' && issue.input === undefined) return `${where}: required`;
-  return `${where}: ${issue.message}`;
-}
-
 /**
  * Validates a scenario (already parsed from YAML or JSON). Throws {@link ScenarioError} naming
  * the first field that is wrong, including what the schema alone cannot see: names used twice,
@@ -289,9 +269,7 @@ function issueText(issue: z.core.$ZodIssue): string {
 export function parseScenario(value: unknown): Scenario {
   const parsed = scenario.safeParse(value);
   if (!parsed.success) {
-    const issues = parsed.error.issues;
-    const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : '';
-    throw new ScenarioError(`${issueText(issues[0] as z.core.$ZodIssue)}${more}`);
+    throw new ScenarioError(describeIssues(parsed.error.issues, '(the scenario)'));
   }
   const s = parsed.data;
   const hostGroups = uniqueNames(s.fleet.hosts, 'fleet.hosts');

@@ -14,3 +14,4 @@ export * from './placement.js';
 export * from './release-faults.js';
 export * from './seeded-random.js';
 export * from './views.js';
+export * from './input-issues.js';

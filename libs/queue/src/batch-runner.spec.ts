@@ -5,43 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { type HostDocument, advanceHost, createHostDocument, createVm } from '#fleet';
-import { MAINLINE_KERNEL } from '#tdx-sim';
+import { hostWithBootedVms } from '../../fleet/src/testing/driver.js';
 import { type FleetClient, connectFleet } from '../../../test/support/fleet.js';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
 import { BatchRunner } from './batch-runner.js';
-
-const GIB = 1024 ** 3;
-
-function hostWithVms(hostId: string, vmIds: readonly string[]): HostDocument {
-  let doc = createHostDocument(
-    {
-      id: hostId,
-      memoryGiB: 64,
-      hkids: 8,
-      packages: 2,
-      cpus: 16,
-      kernel: {
-        ...MAINLINE_KERNEL,
-        terminateVm: 'aug2025',
-        linkGuestMemfd: true,
-        privatePageSize: '2M',
-      },
-    },
-    0,
-  );
-  for (const vmId of vmIds) {
-    doc = createVm(doc, {
-      vmId,
-      opId: `boot-${vmId}`,
-      vcpus: 2,
-      memoryBytes: 4 * GIB,
-      nowMs: 0,
-    }).doc;
-  }
-  return advanceHost(doc, { nowMs: 0, timeScale: 0, hostConcurrency: 4, maxWaitMs: 0, pollMs: 10 })
-    .doc;
-}
 
 /** Runs the batch for one round: its members stay in flight (no worker runs them). */
 async function oneRound(runner: BatchRunner, batchId: string): Promise<void> {
@@ -63,7 +30,7 @@ describe('BatchRunner', () => {
       ['h1', ['a1', 'a2', 'a3']],
       ['h2', ['b1', 'b2', 'b3']],
     ] as const) {
-      await fleet.store.createHost(hostWithVms(hostId, vmIds));
+      await fleet.store.createHost(hostWithBootedVms(hostId, vmIds));
       for (const vmId of vmIds) await fleet.store.indexVm(vmId, hostId);
     }
   });
@@ -129,7 +96,7 @@ describe('BatchRunner', () => {
     assert.equal(refused.members[0]?.error?.code, 'vm_busy');
 
     // ...whereas a batch on idle VMs, whose first round is forgotten, finds its jobs again.
-    await fleet.store.createHost(hostWithVms('h3', ['c1', 'c2']));
+    await fleet.store.createHost(hostWithBootedVms('h3', ['c1', 'c2']));
     for (const vmId of ['c1', 'c2']) await fleet.store.indexVm(vmId, 'h3');
     const fresh = await fleet.service.createBatch({
       selector: { vmIds: ['c2', 'c1'] },

@@ -5,44 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { type HostDocument, advanceHost, createHostDocument, createVm } from '#fleet';
-import { MAINLINE_KERNEL } from '#tdx-sim';
+import { hostWithBootedVms } from '../../fleet/src/testing/driver.js';
 import { type FleetClient, connectFleet } from '../../../test/support/fleet.js';
 import { type TestRedis, startTestRedis } from '../../../test/support/redis.js';
 import type { SubmitOutcome } from './fleet.service.js';
-
-const GIB = 1024 ** 3;
-
-/** Host `hostId` with `vmIds` booted (run to the end of their boots), as a new document. */
-function hostWithVms(hostId: string, vmIds: readonly string[]): HostDocument {
-  let doc = createHostDocument(
-    {
-      id: hostId,
-      memoryGiB: 64,
-      hkids: 8,
-      packages: 2,
-      cpus: 16,
-      kernel: {
-        ...MAINLINE_KERNEL,
-        terminateVm: 'aug2025',
-        linkGuestMemfd: true,
-        privatePageSize: '2M',
-      },
-    },
-    0,
-  );
-  for (const vmId of vmIds) {
-    doc = createVm(doc, {
-      vmId,
-      opId: `boot-${vmId}`,
-      vcpus: 2,
-      memoryBytes: 4 * GIB,
-      nowMs: 0,
-    }).doc;
-  }
-  return advanceHost(doc, { nowMs: 0, timeScale: 0, hostConcurrency: 4, maxWaitMs: 0, pollMs: 10 })
-    .doc;
-}
 
 function key(name: string, vmId: string): { key: string; fingerprint: string } {
   return { key: name, fingerprint: `reboot ${vmId}` };
@@ -68,7 +34,7 @@ describe('FleetService.submitMany', () => {
 
   /** Stores a host with booted VMs and indexes them, as if the API had created them. */
   async function addHost(hostId: string, vmIds: readonly string[]): Promise<void> {
-    await fleet.store.createHost(hostWithVms(hostId, vmIds));
+    await fleet.store.createHost(hostWithBootedVms(hostId, vmIds));
     for (const vmId of vmIds) await fleet.store.indexVm(vmId, hostId);
   }
 

@@ -4,53 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import {
-  type ExperimentResult,
-  type Provenance,
-  RESULT_SCHEMA,
-  compareResults,
-  estimateOf,
-} from '#experiments';
+import { compareResults } from '#experiments';
+import { resultOf } from '../../../../libs/experiments/src/testing/comparable-result.js';
 import { compareHtml, compareMarkdown, compareTable } from './compare-render.js';
 import { formatMetricChange, formatRelativeChange } from './format-units.js';
 
 const GIB = 1024 ** 3;
-
-/** A result with the given variants' per-repetition metric values; nothing else is read. */
-function resultOf(
-  variants: Record<string, Record<string, number[]>>,
-  provenance: Partial<Provenance> = {},
-): ExperimentResult {
-  return {
-    schema: RESULT_SCHEMA,
-    provenance: {
-      scenario: 'rolling-reboot',
-      scenarioHash: 'a'.repeat(64),
-      scenarioDocument: {},
-      seed: 7,
-      repeat: 5,
-      target: 'offline',
-      api: null,
-      version: '0.1.0',
-      gitRevision: null,
-      ...provenance,
-    },
-    variants: Object.entries(variants).map(([name, metrics]) => ({
-      name,
-      assignment: {},
-      estimates: Object.fromEntries(
-        Object.entries(metrics).map(([metric, values]) => [metric, estimateOf(values, 11)]),
-      ),
-      passed: true,
-    })),
-    runs: [],
-    passed: true,
-    aborted: null,
-    skipped: [],
-    kernelEffects: [],
-    agreement: null,
-  };
-}
 
 const comparison = compareResults(
   resultOf({

@@ -1,6 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type MeasuredSample } from '#experiments';
-import { type FleetSample } from '#fleet';
 import { type DaemonClient, type DaemonHost } from './daemon-client.js';
 
 // The fleet's time series of a run on a daemon: the run's hosts read every so often in real time
@@ -52,11 +51,8 @@ export class FleetSampler {
   }
 }
 
-/** A sample with the leaked HKIDs the offline engine's samples count too. */
-type DaemonSample = MeasuredSample & Pick<FleetSample, 'hkidsLeaked'>;
-
-function sum(t: number, hosts: readonly DaemonHost[]): DaemonSample {
-  const sample: DaemonSample = {
+function sum(t: number, hosts: readonly DaemonHost[]): MeasuredSample {
+  const sample: MeasuredSample = {
     t,
     freeBytes: 0,
     privateBytes: 0,

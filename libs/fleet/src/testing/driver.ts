@@ -225,3 +225,22 @@ export function hostWithVms(
   }
   return { doc, nowMs };
 }
+
+/**
+ * Host `hostId` (a kernel that runs every strategy) with `vmIds` of 2 vCPUs / 4 GiB booted
+ * together and run to the end of their boots at TIME_SCALE 0: a new document to store.
+ */
+export function hostWithBootedVms(hostId: string, vmIds: readonly string[]): HostDocument {
+  let doc = makeHost(AUG_LINK_2M, { id: hostId });
+  for (const vmId of vmIds) {
+    doc = createVm(doc, {
+      vmId,
+      opId: `boot-${vmId}`,
+      vcpus: 2,
+      memoryBytes: 4 * GIB_BYTES,
+      nowMs: 0,
+    }).doc;
+  }
+  return advanceHost(doc, { nowMs: 0, timeScale: 0, hostConcurrency: 4, maxWaitMs: 0, pollMs: 10 })
+    .doc;
+}
